@@ -1,0 +1,3 @@
+from osel.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""decode -> classify -> resolve -> decide, for a batch of message bodies.
+
+`Pipeline.process` fills a `Batch` for one store transaction; the caller
+commits it and only then acknowledges the messages. Messages are handled in
+order, one at a time, because each may change what the next one sees.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from osel.decide import Rules, decide
+from osel.decode import BadMessage, decode
+from osel.handlers import HANDLERS
+from osel.inventory import Inventory
+from osel.model import Notification
+from osel.neutron import NeutronUnavailable
+from osel.resolver import Resolver
+from osel.store.store import Batch, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message body and where it came from."""
+
+    body: bytes
+    source: str = "amqp"  # amqp | replay | aodh | deferred
+    broker: str = ""
+    deferred_id: int | None = None
+
+
+@dataclass(slots=True)
+class Stats:
+    """What a batch did, for logs and metrics."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    event_types: Counter[str] = field(default_factory=Counter)
+    changes: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    targets: int = 0
+
+    def add(self, other: Stats) -> None:
+        self.outcomes.update(other.outcomes)
+        self.event_types.update(other.event_types)
+        self.changes.update(other.changes)
+        self.records += other.records
+        self.targets += other.targets
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        inventory: Inventory,
+        resolver: Resolver,
+        rules: Rules,
+        *,
+        instance: str,
+        max_message_bytes: int | None = None,
+    ) -> None:
+        self.store = store
+        self.inventory = inventory
+        self.resolver = resolver
+        self.rules = rules
+        self.instance = instance
+        self.max_message_bytes = max_message_bytes
+        self.deferring = False  # while True, relevant messages queue up behind the deferred ones
+
+    def _decode(self, item: Item) -> Notification | BadMessage:
+        try:
+            return decode(item.body, max_bytes=self.max_message_bytes)
+        except BadMessage as exc:
+            return exc
+
+    async def process(self, items: list[Item], batch: Batch) -> Stats:
+        stats = Stats()
+        decoded = [self._decode(i) for i in items]
+        ids = [n.message_id for n in decoded
+               if isinstance(n, Notification) and n.event_type in HANDLERS]
+        seen = await self.store.seen(ids)
+        for item, n in zip(items, decoded, strict=True):
+            outcome = await self._one(item, n, batch, seen, stats)
+            stats.outcomes[outcome] += 1
+        return stats
+
+    async def _one(
+        self, item: Item, n: Notification | BadMessage, batch: Batch, seen: set[str], stats: Stats
+    ) -> str:
+        if isinstance(n, BadMessage):
+            self._quarantine(item, n.reason, batch, None)
+            return "quarantined"
+        stats.event_types[n.event_type] += 1
+        handler = HANDLERS.get(n.event_type)
+        if handler is None:
+            return "ignored"
+        if n.message_id in seen:
+            if item.deferred_id is not None:
+                batch.undeferred.append(item.deferred_id)
+            return "duplicate"
+        if self.deferring and item.deferred_id is None:
+            self._defer(item, "waiting behind earlier changes that need Neutron", batch)
+            return "deferred"
+        try:
+            changes = await handler(n, self.inventory, self.resolver)
+        except NeutronUnavailable as exc:
+            if item.deferred_id is None:
+                self._defer(item, str(exc), batch)
+            self.deferring = True
+            return "deferred"
+        except BadMessage as exc:
+            self._quarantine(item, exc.reason, batch, n)
+            return "quarantined"
+        seen.add(n.message_id)
+        batch.message_ids.append((n.message_id, n.event_type))
+        if item.deferred_id is not None:
+            batch.undeferred.append(item.deferred_id)
+        for change in changes:
+            decision = decide(change, self.rules, instance=self.instance, broker=item.broker)
+            batch.decisions.append(decision)
+            stats.changes[change.change_type] += 1
+            stats.records += len(decision.records)
+            stats.targets += len(decision.targets)
+        return "recorded" if changes else "no_change"
+
+    def _quarantine(
+        self, item: Item, reason: str, batch: Batch, n: Notification | None
+    ) -> None:
+        log.warning("quarantined a message from %s: %s", item.source, reason)
+        batch.quarantined.append({
+            "source": item.source, "reason": reason, "body": item.body,
+            "event_type": n.event_type if n else _peek(item.body, "event_type"),
+            "message_id": n.message_id if n else _peek(item.body, "message_id"),
+        })
+        if item.deferred_id is not None:
+            batch.undeferred.append(item.deferred_id)
+
+    def _defer(self, item: Item, reason: str, batch: Batch) -> None:
+        if not self.deferring:
+            log.warning("Neutron is needed and unavailable (%s): keeping changes in the store "
+                        "until it answers", reason)
+        batch.deferred.append(
+            {"source": item.source, "broker": item.broker, "reason": reason, "body": item.body}
+        )
+
+
+def _peek(body: bytes, key: str) -> str | None:
+    """Best-effort id of a message that failed to decode, for the quarantine list."""
+    try:
+        data: Any = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("oslo.message"), str):
+            data = json.loads(data["oslo.message"])
+        value = data.get(key) if isinstance(data, dict) else None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return str(value)[:255] if value is not None else None

@@ -1,0 +1,159 @@
+"""The store's schema (SQLAlchemy Core). Changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# An autoincrementing 64-bit key that SQLite also treats as its rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Stamp = DateTime(timezone=True)
+
+seen_messages = Table(
+    "seen_messages",
+    metadata,
+    Column("message_id", String(255), primary_key=True),
+    Column("event_type", String(255), nullable=False),
+    Column("seen_at", Stamp, nullable=False),
+)
+
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("record_uuid", String(36), nullable=False, unique=True),
+    Column("record_type", String(16), nullable=False),
+    Column("change_type", String(32), nullable=False),
+    Column("message_id", String(255), nullable=False, index=True),
+    Column("address", String(64), nullable=False, index=True),
+    Column("project_id", String(64), nullable=False, index=True),
+    Column("internet_exposed", Boolean, nullable=False),
+    Column("scan_state", String(16), nullable=False),
+    Column("scan_batch_id", String(36), nullable=True, index=True),
+    Column("created_at", Stamp, nullable=False, index=True),
+    Column("body", Text, nullable=False),
+)
+
+sink_cursors = Table(
+    "sink_cursors",
+    metadata,
+    Column("sink", String(255), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", Stamp, nullable=False),
+)
+
+scan_targets = Table(
+    "scan_targets",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("record_uuid", String(36), nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("internet_exposed", Boolean, nullable=False),
+    Column("created_at", Stamp, nullable=False),
+    Column("batch_id", String(36), nullable=True),
+    Index("ix_scan_targets_pending", "batch_id", "created_at"),
+)
+
+scan_batches = Table(
+    "scan_batches",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_at", Stamp, nullable=False),
+    Column("updated_at", Stamp, nullable=False),
+    Column("backend", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("title", String(2000), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("addresses", Text, nullable=False),
+    Column("reference", String(64), nullable=True, index=True),
+    Column("error", Text, nullable=True),
+    Column("summary", Text, nullable=True),
+)
+
+exposure_windows = Table(
+    "exposure_windows",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("address", String(64), nullable=False),
+    Column("protocol", String(16), nullable=False),
+    Column("port_min", Integer, nullable=False),
+    Column("port_max", Integer, nullable=False),
+    Column("remote", String(255), nullable=False),
+    Column("internet_exposed", Boolean, nullable=False),
+    Column("rule_id", String(64), nullable=True),
+    Column("security_group_id", String(64), nullable=True),
+    Column("opened_at", String(40), nullable=False),
+    Column("opened_record", String(36), nullable=False),
+    Column("closed_at", String(40), nullable=True),
+    Column("closed_record", String(36), nullable=True),
+    Index("ix_exposure_windows_open", "address", "closed_at"),
+)
+
+
+def _inventory(name: str, *extra: Column[object]) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", String(64), primary_key=True),
+        *extra,
+        Column("data", Text, nullable=False),
+    )
+
+
+inv_groups = _inventory("inv_groups", Column("loaded", Boolean, nullable=False))
+inv_rules = _inventory("inv_rules")
+inv_ports = _inventory("inv_ports")
+inv_fips = _inventory("inv_fips")
+inv_address_groups = _inventory("inv_address_groups")
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", Stamp, nullable=False),
+    Column("source", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("event_type", String(255), nullable=True),
+    Column("message_id", String(255), nullable=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("retried_at", Stamp, nullable=True),
+)
+
+deferred = Table(
+    "deferred",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", Stamp, nullable=False),
+    Column("source", String(255), nullable=False),
+    Column("broker", String(255), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
