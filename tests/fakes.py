@@ -55,9 +55,60 @@ class FakeNeutron:
 
     async def snapshot(self) -> Snapshot:
         self._call()
-        return Snapshot(list(self.groups.values()), list(self.rules.values()),
-                        list(self.ports.values()), list(self.fips.values()),
-                        list(self.address_groups.values()))
+        return Snapshot(
+            list(self.groups.values()),
+            list(self.rules.values()),
+            list(self.ports.values()),
+            list(self.fips.values()),
+            list(self.address_groups.values()),
+        )
+
+    async def close(self) -> None:
+        return None
+
+
+class FakeDelivery:
+    def __init__(self, body: bytes, tag: int) -> None:
+        self.body = body
+        self.delivery_tag = tag
+        self.broker = "fake-broker"
+
+
+class FakeSource:
+    """An in-memory message source with the AmqpSource interface."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.queue: asyncio.Queue[FakeDelivery] = asyncio.Queue()
+        self.tag = 0
+        self.acked = 0
+        self.nacked: list[int] = []
+
+    def publish(self, body: bytes) -> None:
+        self.tag += 1
+        self.queue.put_nowait(FakeDelivery(body, self.tag))
+
+    async def start(self) -> None:
+        return None
+
+    async def get_batch(self, max_messages: int, max_wait: float) -> list[FakeDelivery]:
+        import asyncio
+
+        try:
+            first = await asyncio.wait_for(self.queue.get(), timeout=max_wait or 0.01)
+        except TimeoutError:
+            return []
+        out = [first]
+        while len(out) < max_messages and not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
+    async def ack_through(self, delivery: FakeDelivery) -> None:
+        self.acked = delivery.delivery_tag
+
+    async def nack(self, delivery: FakeDelivery, requeue: bool = True) -> None:
+        self.nacked.append(delivery.delivery_tag)
 
     async def close(self) -> None:
         return None

@@ -9,8 +9,14 @@ from typing import Any
 SAMPLES = "../shared/samples/neutron-29/notifications.jsonl"
 
 
-def notification(event_type: str, payload: dict[str, Any], *, project: str = "p1",
-                 message_id: str | None = None, icehouse: bool = False) -> dict[str, Any]:
+def notification(
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    project: str = "p1",
+    message_id: str | None = None,
+    icehouse: bool = False,
+) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "message_id": message_id or str(uuid.uuid4()),
         "publisher_id": "network.test",
@@ -39,24 +45,56 @@ def bare(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg).encode()
 
 
-def rule(sg: str, *, rid: str | None = None, direction: str = "ingress", proto: str | None = "tcp",
-         low: int | None = 22, high: int | None = 22, remote: str | None = "0.0.0.0/0",
-         ethertype: str = "IPv4", remote_group: str | None = None) -> dict[str, Any]:
-    return {"id": rid or str(uuid.uuid4()), "security_group_id": sg, "direction": direction,
-            "ethertype": ethertype, "protocol": proto, "port_range_min": low,
-            "port_range_max": high, "remote_ip_prefix": remote, "remote_group_id": remote_group,
-            "remote_address_group_id": None, "project_id": "p1", "tenant_id": "p1"}
+def rule(
+    sg: str,
+    *,
+    rid: str | None = None,
+    direction: str = "ingress",
+    proto: str | None = "tcp",
+    low: int | None = 22,
+    high: int | None = 22,
+    remote: str | None = "0.0.0.0/0",
+    ethertype: str = "IPv4",
+    remote_group: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": rid or str(uuid.uuid4()),
+        "security_group_id": sg,
+        "direction": direction,
+        "ethertype": ethertype,
+        "protocol": proto,
+        "port_range_min": low,
+        "port_range_max": high,
+        "remote_ip_prefix": remote,
+        "remote_group_id": remote_group,
+        "remote_address_group_id": None,
+        "project_id": "p1",
+        "tenant_id": "p1",
+    }
 
 
 def port(pid: str, ips: list[str], sgs: list[str], **extra: Any) -> dict[str, Any]:
-    data = {"id": pid, "fixed_ips": [{"subnet_id": "s", "ip_address": ip} for ip in ips],
-            "security_groups": sgs, "port_security_enabled": True, "device_owner": "compute:nova",
-            "network_id": "n", "project_id": "p1", "allowed_address_pairs": [],
-            "revision_number": 1}
+    data = {
+        "id": pid,
+        "fixed_ips": [{"subnet_id": "s", "ip_address": ip} for ip in ips],
+        "security_groups": sgs,
+        "port_security_enabled": True,
+        "device_owner": "compute:nova",
+        "network_id": "n",
+        "project_id": "p1",
+        "allowed_address_pairs": [],
+        "revision_number": 1,
+    }
     data.update(extra)
     return data
 
 
 def fip(fid: str, address: str, port_id: str | None, fixed: str | None = None) -> dict[str, Any]:
-    return {"id": fid, "floating_ip_address": address, "port_id": port_id,
-            "fixed_ip_address": fixed, "project_id": "p1", "revision_number": 0}
+    return {
+        "id": fid,
+        "floating_ip_address": address,
+        "port_id": port_id,
+        "fixed_ip_address": fixed,
+        "project_id": "p1",
+        "revision_number": 0,
+    }

@@ -16,8 +16,9 @@ from osel.exposure import Permit, rule_remotes
 from osel.handlers import AUDIT_ONLY, Change, Effect
 
 SOURCE_TYPE = "osel2.0"
-ADMIN_PORTS = frozenset({22, 23, 135, 139, 445, 1433, 2375, 3306, 3389, 5432, 5900, 6379, 9200,
-                         11211, 27017})
+ADMIN_PORTS = frozenset(
+    {22, 23, 135, 139, 445, 1433, 2375, 3306, 3389, 5432, 5900, 6379, 9200, 11211, 27017}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,13 +198,24 @@ def decide(
             record.update(scan_state="skipped", qualys_scan_error="scanning is disabled")
         else:
             record["scan_state"] = "queued"
-            out.targets.append(Target(address, record["record_id"], change.notification.message_id,
-                                      priority(effect, internet), internet))
+            out.targets.append(
+                Target(
+                    address,
+                    record["record_id"],
+                    change.notification.message_id,
+                    priority(effect, internet),
+                    internet,
+                )
+            )
         ts = record["timestamp"] or observed
         after_keys = {p.key for p in effect.after}
-        out.windows += [WindowOp("open", address, p, record["record_id"], ts)
-                        for p in _unique(effect.after)]
-        out.windows += [WindowOp("close", address, p, record["record_id"], ts)
-                        for p in _unique(effect.before) if p.key not in after_keys]
+        out.windows += [
+            WindowOp("open", address, p, record["record_id"], ts) for p in _unique(effect.after)
+        ]
+        out.windows += [
+            WindowOp("close", address, p, record["record_id"], ts)
+            for p in _unique(effect.before)
+            if p.key not in after_keys
+        ]
         out.records.append(record)
     return out

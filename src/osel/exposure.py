@@ -20,15 +20,29 @@ from osel.model import AddressGroup, IPNetwork, Port, Rule
 
 ALL_PORTS = (0, 65535)
 _PORTED = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
-_PROTOCOL_NUMBERS = {"1": "icmp", "6": "tcp", "17": "udp", "33": "dccp", "58": "ipv6-icmp",
-                     "132": "sctp", "136": "udplite"}
+_PROTOCOL_NUMBERS = {
+    "1": "icmp",
+    "6": "tcp",
+    "17": "udp",
+    "33": "dccp",
+    "58": "ipv6-icmp",
+    "132": "sctp",
+    "136": "udplite",
+}
 _PROTOCOL_ALIASES = {"icmpv6": "ipv6-icmp", "any": None, "": None}
 
 _PRIVATE = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
-        "169.254.0.0/16", "fc00::/7", "fe80::/10", "::1/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
     )
 )
 ANY = {4: "0.0.0.0/0", 6: "::/0"}

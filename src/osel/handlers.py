@@ -108,13 +108,19 @@ def _rule_addresses(inv: Inventory, sg_id: str, rule: Rule) -> list[tuple[Addres
 
 def _rule_change(n: Notification, change_type: str, rule: Rule) -> Change:
     return Change(
-        change_type, n, rule=rule, security_group_id=rule.security_group_id,
+        change_type,
+        n,
+        rule=rule,
+        security_group_id=rule.security_group_id,
         project_id=rule.project_id or n.context.project_id,
     )
 
 
 def _rule_effects(
-    inv: Inventory, rule: Rule, mutate_before: Callable[[], object], mutate_after: Callable[[], object]
+    inv: Inventory,
+    rule: Rule,
+    mutate_before: Callable[[], object],
+    mutate_after: Callable[[], object],
 ) -> list[Effect]:
     mutate_before()
     pairs = _rule_addresses(inv, rule.security_group_id, rule)
@@ -170,11 +176,20 @@ async def rule_deleted(n: Notification, inv: Inventory, res: Resolver) -> list[C
     if rule is None:
         if not rule_id:
             raise BadMessage("payload.security_group_rule_id is missing")
-        log.warning("rule %s deleted, but its details are in neither the payload nor the "
-                    "inventory: recorded without addresses", rule_id)
-        return [Change("sg_rule_del", n, rule=Rule(id=rule_id, security_group_id=""),
-                       project_id=n.context.project_id,
-                       note="rule details unknown: not in the payload nor the inventory")]
+        log.warning(
+            "rule %s deleted, but its details are in neither the payload nor the "
+            "inventory: recorded without addresses",
+            rule_id,
+        )
+        return [
+            Change(
+                "sg_rule_del",
+                n,
+                rule=Rule(id=rule_id, security_group_id=""),
+                project_id=n.context.project_id,
+                note="rule details unknown: not in the payload nor the inventory",
+            )
+        ]
     return [await apply_rule_del(n, rule, inv, res)]
 
 
@@ -214,14 +229,21 @@ async def group_deleted(n: Notification, inv: Inventory, res: Resolver) -> list[
     group = inv.groups.get(sg_id)
     project = (data or {}).get("project_id") or (group.project_id if group else None)
     inv.delete_group(sg_id)
-    return [Change("sg_delete", n, security_group_id=sg_id,
-                   project_id=project or n.context.project_id,
-                   note="security group deleted (a group in use cannot be deleted)")]
+    return [
+        Change(
+            "sg_delete",
+            n,
+            security_group_id=sg_id,
+            project_id=project or n.context.project_id,
+            note="security group deleted (a group in use cannot be deleted)",
+        )
+    ]
 
 
 def _port_change(n: Notification, change_type: str, port: Port) -> Change:
-    return Change(change_type, n, port_id=port.id, project_id=port.project_id
-                  or n.context.project_id)
+    return Change(
+        change_type, n, port_id=port.id, project_id=port.project_id or n.context.project_id
+    )
 
 
 async def port_created_or_updated(n: Notification, inv: Inventory, res: Resolver) -> list[Change]:
@@ -236,8 +258,14 @@ async def port_created_or_updated(n: Notification, inv: Inventory, res: Resolver
 def _revision_gap(kind: str, old_rev: int | None, new_rev: int | None, rid: str) -> bool:
     if old_rev is None or new_rev is None or new_rev <= old_rev + 1:
         return False
-    log.info("%s %s went from revision %d to %d: a notification may have been missed; "
-             "re-reading what it depends on from Neutron", kind, rid, old_rev, new_rev)
+    log.info(
+        "%s %s went from revision %d to %d: a notification may have been missed; "
+        "re-reading what it depends on from Neutron",
+        kind,
+        rid,
+        old_rev,
+        new_rev,
+    )
     return True
 
 
@@ -245,8 +273,9 @@ async def apply_port(
     n: Notification, port: Port, creating: bool, inv: Inventory, res: Resolver
 ) -> Change | None:
     old = None if creating else inv.ports.get(port.id)
-    if old is not None and _revision_gap("port", old.revision_number, port.revision_number,
-                                         port.id):
+    if old is not None and _revision_gap(
+        "port", old.revision_number, port.revision_number, port.id
+    ):
         res.revision_gaps += 1
         for sg_id in port.security_groups:
             inv.loaded_groups.discard(sg_id)
@@ -278,8 +307,15 @@ async def port_deleted(n: Notification, inv: Inventory, res: Resolver) -> list[C
     if port is None:
         if not port_id:
             raise BadMessage("payload.port_id is missing")
-        return [Change("port_delete", n, port_id=port_id, project_id=n.context.project_id,
-                       note="port details unknown: not in the payload nor the inventory")]
+        return [
+            Change(
+                "port_delete",
+                n,
+                port_id=port_id,
+                project_id=n.context.project_id,
+                note="port details unknown: not in the payload nor the inventory",
+            )
+        ]
     return [apply_port_delete(n, port, inv)]
 
 
@@ -288,8 +324,11 @@ def apply_port_delete(n: Notification, port: Port, inv: Inventory) -> Change:
     snap = Snap(inv)
     snap.take(inv.addresses_of(known), known)
     for fip in inv.fips_of(port.id):  # Neutron disassociates them silently
-        inv.put_fip(FloatingIP(fip.id, fip.floating_ip_address, None, None, fip.project_id,
-                               fip.revision_number))
+        inv.put_fip(
+            FloatingIP(
+                fip.id, fip.floating_ip_address, None, None, fip.project_id, fip.revision_number
+            )
+        )
     inv.delete_port(port.id)
     change = _port_change(n, "port_delete", port)
     change.effects = snap.effects([], None)
@@ -310,8 +349,9 @@ async def apply_fip(
 ) -> Change | None:
     old = None if creating else inv.fips.get(fip.id)
     old_port_id = old.port_id if old else None
-    if old is not None and _revision_gap("floating IP", old.revision_number,
-                                         fip.revision_number, fip.id):
+    if old is not None and _revision_gap(
+        "floating IP", old.revision_number, fip.revision_number, fip.id
+    ):
         res.revision_gaps += 1
     if old_port_id == fip.port_id:
         inv.put_fip(fip)
@@ -324,8 +364,10 @@ async def apply_fip(
     inv.put_fip(fip)
     addr = Address(fip.floating_ip_address, fip.port_id or old_port_id or "", "floating", fip.id)
     change = Change(
-        "fip_associate" if fip.port_id else "fip_disassociate", n,
-        port_id=fip.port_id or old_port_id, floating_ip_id=fip.id,
+        "fip_associate" if fip.port_id else "fip_disassociate",
+        n,
+        port_id=fip.port_id or old_port_id,
+        floating_ip_id=fip.id,
         project_id=fip.project_id or n.context.project_id,
     )
     change.effects = snap.effects([addr], new_port)
@@ -341,20 +383,33 @@ async def fip_deleted(n: Notification, inv: Inventory, res: Resolver) -> list[Ch
     if fip is None:
         if not fip_id:
             raise BadMessage("payload.floatingip_id is missing")
-        return [Change("fip_delete", n, floating_ip_id=fip_id, project_id=n.context.project_id,
-                       note="floating IP details unknown: not in the payload nor the inventory")]
+        return [
+            Change(
+                "fip_delete",
+                n,
+                floating_ip_id=fip_id,
+                project_id=n.context.project_id,
+                note="floating IP details unknown: not in the payload nor the inventory",
+            )
+        ]
     known = inv.fips.get(fip.id, fip)
     port = inv.ports.get(known.port_id) if known.port_id else None
     snap = Snap(inv)
     if port is not None:
         snap.take([Address(fip.floating_ip_address, port.id, "floating", fip.id)], port)
     inv.delete_fip(fip.id)
-    change = Change("fip_delete", n, port_id=known.port_id, floating_ip_id=fip.id,
-                    project_id=fip.project_id or n.context.project_id)
+    change = Change(
+        "fip_delete",
+        n,
+        port_id=known.port_id,
+        floating_ip_id=fip.id,
+        project_id=fip.project_id or n.context.project_id,
+    )
     change.effects = snap.effects([], None)
     if not change.effects:
-        change.effects = [Effect(Address(fip.floating_ip_address, "", "floating", fip.id),
-                                 [], [], [])]
+        change.effects = [
+            Effect(Address(fip.floating_ip_address, "", "floating", fip.id), [], [], [])
+        ]
     return [change]
 
 

@@ -29,7 +29,11 @@ class Dirty:
 
     def __bool__(self) -> bool:
         return bool(
-            self.groups or self.rules or self.ports or self.fips or self.address_groups
+            self.groups
+            or self.rules
+            or self.ports
+            or self.fips
+            or self.address_groups
             or self.loaded_groups
         )
 

@@ -19,8 +19,15 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, store: Store, sinks: list[Sink], *, chunk: int = 500,
-                 idle_seconds: float = 0.5, backoff: BackoffPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sinks: list[Sink],
+        *,
+        chunk: int = 500,
+        idle_seconds: float = 0.5,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
         self.store = store
         self.sinks = sinks
         self.chunk = chunk

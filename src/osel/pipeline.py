@@ -81,8 +81,11 @@ class Pipeline:
     async def process(self, items: list[Item], batch: Batch) -> Stats:
         stats = Stats()
         decoded = [self._decode(i) for i in items]
-        ids = [n.message_id for n in decoded
-               if isinstance(n, Notification) and n.event_type in HANDLERS]
+        ids = [
+            n.message_id
+            for n in decoded
+            if isinstance(n, Notification) and n.event_type in HANDLERS
+        ]
         seen = await self.store.seen(ids)
         for item, n in zip(items, decoded, strict=True):
             outcome = await self._one(item, n, batch, seen, stats)
@@ -128,22 +131,27 @@ class Pipeline:
             stats.targets += len(decision.targets)
         return "recorded" if changes else "no_change"
 
-    def _quarantine(
-        self, item: Item, reason: str, batch: Batch, n: Notification | None
-    ) -> None:
+    def _quarantine(self, item: Item, reason: str, batch: Batch, n: Notification | None) -> None:
         log.warning("quarantined a message from %s: %s", item.source, reason)
-        batch.quarantined.append({
-            "source": item.source, "reason": reason, "body": item.body,
-            "event_type": n.event_type if n else _peek(item.body, "event_type"),
-            "message_id": n.message_id if n else _peek(item.body, "message_id"),
-        })
+        batch.quarantined.append(
+            {
+                "source": item.source,
+                "reason": reason,
+                "body": item.body,
+                "event_type": n.event_type if n else _peek(item.body, "event_type"),
+                "message_id": n.message_id if n else _peek(item.body, "message_id"),
+            }
+        )
         if item.deferred_id is not None:
             batch.undeferred.append(item.deferred_id)
 
     def _defer(self, item: Item, reason: str, batch: Batch) -> None:
         if not self.deferring:
-            log.warning("Neutron is needed and unavailable (%s): keeping changes in the store "
-                        "until it answers", reason)
+            log.warning(
+                "Neutron is needed and unavailable (%s): keeping changes in the store "
+                "until it answers",
+                reason,
+            )
         batch.deferred.append(
             {"source": item.source, "broker": item.broker, "reason": reason, "body": item.body}
         )

@@ -48,8 +48,9 @@ async def reconcile(snap: Snapshot, inv: Inventory, res: Resolver, *, now: str) 
     changes += await _rules(n, snap, inv, res)
     changes += await _ports(n, [p for p in snap.ports if p.id not in known_ports], True, inv, res)
     live_ports = {p.id for p in snap.ports}
-    changes += [apply_port_delete(n, p, inv) for p in list(inv.ports.values())
-                if p.id not in live_ports]
+    changes += [
+        apply_port_delete(n, p, inv) for p in list(inv.ports.values()) if p.id not in live_ports
+    ]
     changes += await _fips(n, snap, inv, res)
     live_groups = {g.id for g in snap.security_groups}
     for sg_id in [g for g in inv.groups if g not in live_groups]:
@@ -57,13 +58,18 @@ async def reconcile(snap: Snapshot, inv: Inventory, res: Resolver, *, now: str) 
     for group in snap.security_groups:
         inv.mark_loaded(group.id)
     if changes:
-        log.warning("re-sync found %d change(s) that no notification reported; recorded them "
-                    "with event_type %s", len(changes), RESYNC_EVENT)
+        log.warning(
+            "re-sync found %d change(s) that no notification reported; recorded them "
+            "with event_type %s",
+            len(changes),
+            RESYNC_EVENT,
+        )
     return changes
 
 
-async def _ports(n: Notification, ports: list[Port], creating: bool, inv: Inventory,
-                 res: Resolver) -> list[Change]:
+async def _ports(
+    n: Notification, ports: list[Port], creating: bool, inv: Inventory, res: Resolver
+) -> list[Change]:
     changes = [await apply_port(n, port, creating, inv, res) for port in ports]
     return [c for c in changes if c is not None]
 
@@ -86,6 +92,11 @@ async def _fips(n: Notification, snap: Snapshot, inv: Inventory, res: Resolver) 
 
 def load_snapshot(snap: Snapshot, inv: Inventory) -> None:
     """First start with an empty store: take Neutron's state as it is, no records."""
-    inv.load(groups=snap.security_groups, rules=snap.rules, ports=snap.ports,
-             fips=snap.floating_ips, address_groups=snap.address_groups,
-             loaded_groups=[g.id for g in snap.security_groups])
+    inv.load(
+        groups=snap.security_groups,
+        rules=snap.rules,
+        ports=snap.ports,
+        fips=snap.floating_ips,
+        address_groups=snap.address_groups,
+        loaded_groups=[g.id for g in snap.security_groups],
+    )

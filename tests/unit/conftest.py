@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from osel.pipeline import Item, Pipeline, Stats
 from osel.resolver import Resolver
 from osel.store.store import Batch, Store
 from tests.fakes import FakeNeutron
+from tests.pg import postgres_database
 
 
 class Harness:
@@ -18,8 +20,14 @@ class Harness:
         self.store = store
         self.neutron = neutron
         self.inventory = Inventory()
-        self.pipeline = Pipeline(store, self.inventory, Resolver(self.inventory, neutron), rules,
-                                 instance="test-osel", max_message_bytes=1 << 20)
+        self.pipeline = Pipeline(
+            store,
+            self.inventory,
+            Resolver(self.inventory, neutron),
+            rules,
+            instance="test-osel",
+            max_message_bytes=1 << 20,
+        )
 
     async def feed(self, *bodies: bytes, source: str = "amqp") -> Stats:
         batch = Batch()
@@ -28,16 +36,23 @@ class Harness:
         await self.store.commit(batch)
         return stats
 
-    async def records(self) -> list[dict]:
+    async def records(self) -> list[dict[str, Any]]:
         return await self.store.tail(10_000)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/osel.db")
-    await s.migrate()
-    yield s
-    await s.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path}/osel.db")
+        await s.migrate()
+        yield s
+        await s.close()
+        return
+    with postgres_database() as url:
+        s = Store(url)
+        await s.migrate()
+        yield s
+        await s.close()
 
 
 @pytest.fixture

@@ -71,5 +71,7 @@ def test_address_group_remote_resolves_to_its_cidrs():
     rule = Rule("a", "sg", "ingress", "IPv4", "tcp", 443, 443, remote_address_group_id="ag")
     ag = AddressGroup("ag", ("10.0.0.0/8", "198.18.0.0/15", "2001:db8::/32"))
     permits = rule_permits(rule, 4, lambda _: ag)
-    assert [(p.remote, p.internet) for p in permits] == [("10.0.0.0/8", False),
-                                                         ("198.18.0.0/15", True)]
+    assert [(p.remote, p.internet) for p in permits] == [
+        ("10.0.0.0/8", False),
+        ("198.18.0.0/15", True),
+    ]

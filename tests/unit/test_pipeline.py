@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from osel.model import FloatingIP, Port, Rule, SecurityGroup
 from tests import messages as m
 from tests.unit.conftest import Harness
@@ -18,19 +20,23 @@ def world(h: Harness) -> None:
     n.fips = {"f1": FloatingIP("f1", "203.0.113.10", "p1", "10.0.0.1", "p1")}
 
 
-def by(records: list[dict], **match: object) -> list[dict]:
+def by(records: list[dict[str, Any]], **match: object) -> list[dict[str, Any]]:
     return [r for r in records if all(r.get(k) == v for k, v in match.items())]
 
 
 async def test_rule_add_records_every_address_of_the_group_once(harness: Harness):
     world(harness)
     rule = m.rule("sg1", rid="r1")
-    stats = await harness.feed(m.envelope(m.notification("security_group_rule.create.end",
-                                                         {"security_group_rule": rule})))
+    stats = await harness.feed(
+        m.envelope(m.notification("security_group_rule.create.end", {"security_group_rule": rule}))
+    )
     records = await harness.records()
     assert stats.outcomes["recorded"] == 1
     assert sorted(r["affected_ip_address"] for r in records) == [
-        "10.0.0.1", "10.0.0.2", "203.0.113.10"]
+        "10.0.0.1",
+        "10.0.0.2",
+        "203.0.113.10",
+    ]
     assert {r["change_type"] for r in records} == {"sg_rule_add"}
     assert all(r["internet_exposed"] and r["scan_state"] == "queued" for r in records)
     assert records[0]["security_group_rule"]["port_range_min"] == 22
@@ -39,8 +45,9 @@ async def test_rule_add_records_every_address_of_the_group_once(harness: Harness
 
 async def test_redelivered_message_changes_nothing(harness: Harness):
     world(harness)
-    body = m.envelope(m.notification("security_group_rule.create.end",
-                                     {"security_group_rule": m.rule("sg1")}))
+    body = m.envelope(
+        m.notification("security_group_rule.create.end", {"security_group_rule": m.rule("sg1")})
+    )
     await harness.feed(body)
     stats = await harness.feed(body)
     assert stats.outcomes["duplicate"] == 1
@@ -49,9 +56,14 @@ async def test_redelivered_message_changes_nothing(harness: Harness):
 
 async def test_egress_rule_is_recorded_not_scanned(harness: Harness):
     world(harness)
-    await harness.feed(m.envelope(m.notification(
-        "security_group_rule.create.end",
-        {"security_group_rule": m.rule("sg1", direction="egress")})))
+    await harness.feed(
+        m.envelope(
+            m.notification(
+                "security_group_rule.create.end",
+                {"security_group_rule": m.rule("sg1", direction="egress")},
+            )
+        )
+    )
     records = await harness.records()
     assert len(records) == 3
     assert all(r["scan_state"] == "skipped" and not r["internet_exposed"] for r in records)
@@ -67,12 +79,20 @@ async def test_covered_rule_is_recorded_not_rescanned_and_delete_closes_window(h
     records = await harness.records()
     second = [r for r in records if r["security_group_rule"]["id"] == "r2"]
     assert len(second) == 3 and all(r["scan_state"] == "skipped" for r in second)
-    await harness.feed(m.envelope(m.notification(
-        "security_group_rule.delete.end",
-        {"security_group_rule_id": "r1", "security_group_rule": first})))
+    await harness.feed(
+        m.envelope(
+            m.notification(
+                "security_group_rule.delete.end",
+                {"security_group_rule_id": "r1", "security_group_rule": first},
+            )
+        )
+    )
     deleted = by(await harness.records(), change_type="sg_rule_del")
     assert sorted(r["affected_ip_address"] for r in deleted) == [
-        "10.0.0.1", "10.0.0.2", "203.0.113.10"]
+        "10.0.0.1",
+        "10.0.0.2",
+        "203.0.113.10",
+    ]
     closed = deleted[0]["closed"][0]
     assert closed["remote"] == "0.0.0.0/0"
     assert closed["window_opened_at"] and closed["window_closed_at"]
@@ -83,12 +103,24 @@ async def test_covered_rule_is_recorded_not_rescanned_and_delete_closes_window(h
 async def test_icehouse_delete_with_only_the_id_uses_the_inventory(harness: Harness):
     world(harness)
     rule = m.rule("sg1", rid="r1")
-    await harness.feed(m.bare(m.notification("security_group_rule.create.end",
-                                             {"security_group_rule": rule}, icehouse=True)))
+    await harness.feed(
+        m.bare(
+            m.notification(
+                "security_group_rule.create.end", {"security_group_rule": rule}, icehouse=True
+            )
+        )
+    )
     harness.neutron.rules.clear()  # gone from Neutron: only osel's inventory knows it
-    await harness.feed(m.bare(m.notification("security_group_rule.delete.end",
-                                             {"security_group_rule_id": "r1"}, icehouse=True,
-                                             project="tenant-x")))
+    await harness.feed(
+        m.bare(
+            m.notification(
+                "security_group_rule.delete.end",
+                {"security_group_rule_id": "r1"},
+                icehouse=True,
+                project="tenant-x",
+            )
+        )
+    )
     deleted = by(await harness.records(), change_type="sg_rule_del")
     assert len(deleted) == 3
     assert deleted[0]["security_group_rule"]["port_range_min"] == 22
@@ -98,27 +130,43 @@ async def test_icehouse_delete_with_only_the_id_uses_the_inventory(harness: Harn
 async def test_bulk_rule_create_gives_a_change_per_rule(harness: Harness):
     world(harness)
     rules = [m.rule("sg1", low=80, high=80), m.rule("sg1", low=443, high=443)]
-    stats = await harness.feed(m.envelope(m.notification("security_group_rule.create.end",
-                                                         {"security_group_rules": rules})))
+    stats = await harness.feed(
+        m.envelope(
+            m.notification("security_group_rule.create.end", {"security_group_rules": rules})
+        )
+    )
     assert stats.changes["sg_rule_add"] == 2
     assert len(await harness.records()) == 6
 
 
 async def test_fip_associate_and_port_joining_group(harness: Harness):
     world(harness)
-    await harness.feed(m.envelope(m.notification("security_group_rule.create.end",
-                                                 {"security_group_rule": m.rule("sg1")})))
+    await harness.feed(
+        m.envelope(
+            m.notification("security_group_rule.create.end", {"security_group_rule": m.rule("sg1")})
+        )
+    )
     harness.neutron.ports["p3"] = Port.from_neutron(m.port("p3", ["10.0.0.3"], ["sg1"]))
-    await harness.feed(m.envelope(m.notification(
-        "floatingip.update.end", {"floatingip": m.fip("f3", "203.0.113.30", "p3", "10.0.0.3")})))
+    await harness.feed(
+        m.envelope(
+            m.notification(
+                "floatingip.update.end",
+                {"floatingip": m.fip("f3", "203.0.113.30", "p3", "10.0.0.3")},
+            )
+        )
+    )
     fip_records = by(await harness.records(), change_type="fip_associate")
     assert [r["affected_ip_address"] for r in fip_records] == ["203.0.113.30"]
     assert fip_records[0]["scan_state"] == "queued" and fip_records[0]["opened"]
     # a fourth port, created elsewhere, joins the group
-    await harness.feed(m.envelope(m.notification(
-        "port.create.end", {"port": m.port("p4", ["10.0.0.4"], ["sg2"])})))
-    await harness.feed(m.envelope(m.notification(
-        "port.update.end", {"port": m.port("p4", ["10.0.0.4"], ["sg1", "sg2"])})))
+    await harness.feed(
+        m.envelope(m.notification("port.create.end", {"port": m.port("p4", ["10.0.0.4"], ["sg2"])}))
+    )
+    await harness.feed(
+        m.envelope(
+            m.notification("port.update.end", {"port": m.port("p4", ["10.0.0.4"], ["sg1", "sg2"])})
+        )
+    )
     updates = by(await harness.records(), change_type="port_update")
     assert [r["affected_ip_address"] for r in updates] == ["10.0.0.4"]
     assert updates[0]["opened"][0]["port_range_min"] == 22
@@ -126,8 +174,11 @@ async def test_fip_associate_and_port_joining_group(harness: Harness):
 
 async def test_port_update_that_changes_nothing_relevant_is_not_recorded(harness: Harness):
     world(harness)
-    await harness.feed(m.envelope(m.notification("security_group_rule.create.end",
-                                                 {"security_group_rule": m.rule("sg1")})))
+    await harness.feed(
+        m.envelope(
+            m.notification("security_group_rule.create.end", {"security_group_rule": m.rule("sg1")})
+        )
+    )
     before = len(await harness.records())
     data = m.port("p1", ["10.0.0.1"], ["sg1"], status="ACTIVE", revision_number=2)
     stats = await harness.feed(m.envelope(m.notification("port.update.end", {"port": data})))
@@ -137,9 +188,14 @@ async def test_port_update_that_changes_nothing_relevant_is_not_recorded(harness
 
 async def test_port_security_disabled_is_fully_exposed(harness: Harness):
     world(harness)
-    await harness.feed(m.envelope(m.notification(
-        "port.create.end",
-        {"port": m.port("p5", ["10.0.0.5"], [], port_security_enabled=False)})))
+    await harness.feed(
+        m.envelope(
+            m.notification(
+                "port.create.end",
+                {"port": m.port("p5", ["10.0.0.5"], [], port_security_enabled=False)},
+            )
+        )
+    )
     (record,) = await harness.records()
     assert record["change_type"] == "port_create"
     assert record["opened"][0]["protocol"] == "any" and record["internet_exposed"]
@@ -147,26 +203,40 @@ async def test_port_security_disabled_is_fully_exposed(harness: Harness):
 
 async def test_remote_group_rule_is_not_internet_exposed(harness: Harness):
     world(harness)
-    await harness.feed(m.envelope(m.notification(
-        "security_group_rule.create.end",
-        {"security_group_rule": m.rule("sg1", remote=None, remote_group="sg1")})))
+    await harness.feed(
+        m.envelope(
+            m.notification(
+                "security_group_rule.create.end",
+                {"security_group_rule": m.rule("sg1", remote=None, remote_group="sg1")},
+            )
+        )
+    )
     records = await harness.records()
     assert records and not any(r["internet_exposed"] for r in records)
 
 
 async def test_allowed_address_pairs_are_affected_addresses(harness: Harness):
     world(harness)
-    harness.neutron.ports["p1"] = Port.from_neutron(m.port(
-        "p1", ["10.0.0.1"], ["sg1"], allowed_address_pairs=[{"ip_address": "10.0.0.100"}]))
-    await harness.feed(m.envelope(m.notification("security_group_rule.create.end",
-                                                 {"security_group_rule": m.rule("sg1")})))
+    harness.neutron.ports["p1"] = Port.from_neutron(
+        m.port("p1", ["10.0.0.1"], ["sg1"], allowed_address_pairs=[{"ip_address": "10.0.0.100"}])
+    )
+    await harness.feed(
+        m.envelope(
+            m.notification("security_group_rule.create.end", {"security_group_rule": m.rule("sg1")})
+        )
+    )
     assert "10.0.0.100" in {r["affected_ip_address"] for r in await harness.records()}
 
 
 async def test_bad_input_is_quarantined_and_other_events_ignored(harness: Harness):
-    stats = await harness.feed(b"not json", b"\xff\xfe", m.envelope(m.notification(
-        "network.create.end", {"network": {}})), m.envelope(m.notification(
-            "security_group_rule.create.end", {"security_group_rule": "oops"})))
+    stats = await harness.feed(
+        b"not json",
+        b"\xff\xfe",
+        m.envelope(m.notification("network.create.end", {"network": {}})),
+        m.envelope(
+            m.notification("security_group_rule.create.end", {"security_group_rule": "oops"})
+        ),
+    )
     assert stats.outcomes == {"quarantined": 3, "ignored": 1}
     rows = await harness.store.quarantine_list()
     assert len(rows) == 3 and any("not JSON" in r.reason for r in rows)
@@ -175,10 +245,12 @@ async def test_bad_input_is_quarantined_and_other_events_ignored(harness: Harnes
 async def test_neutron_down_defers_and_keeps_order(harness: Harness):
     world(harness)
     harness.neutron.down = True
-    first = m.envelope(m.notification("security_group_rule.create.end",
-                                      {"security_group_rule": m.rule("sg1")}))
-    second = m.envelope(m.notification("floatingip.update.end",
-                                       {"floatingip": m.fip("f1", "203.0.113.10", None)}))
+    first = m.envelope(
+        m.notification("security_group_rule.create.end", {"security_group_rule": m.rule("sg1")})
+    )
+    second = m.envelope(
+        m.notification("floatingip.update.end", {"floatingip": m.fip("f1", "203.0.113.10", None)})
+    )
     stats = await harness.feed(first, second)
     assert stats.outcomes["deferred"] == 2
     assert await harness.store.deferred_count() == 2
@@ -198,16 +270,34 @@ async def test_resync_records_what_no_notification_reported(harness: Harness):
     load_snapshot(await harness.neutron.snapshot(), harness.inventory)
     # behind osel's back: a rule opens SSH, and a port leaves the group
     harness.neutron.rules["rx"] = Rule("rx", "sg1", "ingress", "IPv4", "tcp", 22, 22, "0.0.0.0/0")
-    changes = await reconcile(await harness.neutron.snapshot(), harness.inventory,
-                              harness.pipeline.resolver, now="2026-11-28 05:00:00")
+    changes = await reconcile(
+        await harness.neutron.snapshot(),
+        harness.inventory,
+        harness.pipeline.resolver,
+        now="2026-11-28 05:00:00",
+    )
     assert [c.change_type for c in changes] == ["sg_rule_add"]
     records = decide(changes[0], harness.pipeline.rules, instance="i", broker="").records
     assert {r["event_type"] for r in records} == {RESYNC_EVENT}
     assert sorted(r["affected_ip_address"] for r in records) == [
-        "10.0.0.1", "10.0.0.2", "203.0.113.10"]
+        "10.0.0.1",
+        "10.0.0.2",
+        "203.0.113.10",
+    ]
     del harness.neutron.rules["rx"]
-    again = await reconcile(await harness.neutron.snapshot(), harness.inventory,
-                            harness.pipeline.resolver, now="2026-11-28 05:10:00")
+    again = await reconcile(
+        await harness.neutron.snapshot(),
+        harness.inventory,
+        harness.pipeline.resolver,
+        now="2026-11-28 05:10:00",
+    )
     assert [c.change_type for c in again] == ["sg_rule_del"]
-    assert await reconcile(await harness.neutron.snapshot(), harness.inventory,
-                           harness.pipeline.resolver, now="2026-11-28 05:20:00") == []
+    assert (
+        await reconcile(
+            await harness.neutron.snapshot(),
+            harness.inventory,
+            harness.pipeline.resolver,
+            now="2026-11-28 05:20:00",
+        )
+        == []
+    )

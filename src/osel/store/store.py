@@ -57,8 +57,15 @@ class Batch:
     records: list[dict[str, Any]] = field(default_factory=list)  # free-standing (scan) records
 
     def __bool__(self) -> bool:
-        return bool(self.message_ids or self.decisions or self.dirty or self.quarantined
-                    or self.deferred or self.undeferred or self.records)
+        return bool(
+            self.message_ids
+            or self.decisions
+            or self.dirty
+            or self.quarantined
+            or self.deferred
+            or self.undeferred
+            or self.records
+        )
 
 
 def _record_row(body: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -129,8 +136,10 @@ class Store:
             if batch.message_ids:
                 await conn.execute(
                     insert(t.seen_messages),
-                    [{"message_id": m, "event_type": e, "seen_at": now}
-                     for m, e in batch.message_ids],
+                    [
+                        {"message_id": m, "event_type": e, "seen_at": now}
+                        for m, e in batch.message_ids
+                    ],
                 )
             for decision in batch.decisions:
                 await self._windows(conn, decision)
@@ -139,20 +148,30 @@ class Store:
                 await conn.execute(insert(t.audit_records), [_record_row(r, now) for r in records])
             targets = [tg for d in batch.decisions for tg in d.targets]
             if targets:
-                await conn.execute(insert(t.scan_targets), [
-                    {"record_uuid": tg.record_uuid, "message_id": tg.message_id,
-                     "address": tg.address, "priority": tg.priority,
-                     "internet_exposed": tg.internet_exposed, "created_at": now}
-                    for tg in targets
-                ])
+                await conn.execute(
+                    insert(t.scan_targets),
+                    [
+                        {
+                            "record_uuid": tg.record_uuid,
+                            "message_id": tg.message_id,
+                            "address": tg.address,
+                            "priority": tg.priority,
+                            "internet_exposed": tg.internet_exposed,
+                            "created_at": now,
+                        }
+                        for tg in targets
+                    ],
+                )
             if batch.dirty:
                 await self._inventory(conn, batch.dirty)
             if batch.quarantined:
-                await conn.execute(insert(t.quarantine),
-                                   [{**q, "received_at": now} for q in batch.quarantined])
+                await conn.execute(
+                    insert(t.quarantine), [{**q, "received_at": now} for q in batch.quarantined]
+                )
             if batch.deferred:
-                await conn.execute(insert(t.deferred),
-                                   [{**d, "received_at": now} for d in batch.deferred])
+                await conn.execute(
+                    insert(t.deferred), [{**d, "received_at": now} for d in batch.deferred]
+                )
             if batch.undeferred:
                 await conn.execute(delete(t.deferred).where(t.deferred.c.id.in_(batch.undeferred)))
 
@@ -169,7 +188,8 @@ class Store:
         open_rows: dict[tuple[str, str, int, int, str], Any] = {}
         for chunk in _chunks(addresses, 500):
             rows = await conn.execute(
-                select(w).where(w.c.address.in_(chunk) & w.c.closed_at.is_(None)))
+                select(w).where(w.c.address.in_(chunk) & w.c.closed_at.is_(None))
+            )
             for row in rows:
                 open_rows[(row.address, row.protocol, row.port_min, row.port_max, row.remote)] = row
         bodies = {r["record_id"]: r for r in decision.records}
@@ -180,19 +200,36 @@ class Store:
             if op.action == "open":
                 if key not in open_rows:
                     open_rows[key] = None
-                    inserts.append({
-                        "address": op.address, "protocol": key[1], "port_min": p.port_min,
-                        "port_max": p.port_max, "remote": p.remote, "internet_exposed": p.internet,
-                        "rule_id": p.rule_id, "security_group_id": p.security_group_id,
-                        "opened_at": op.at, "opened_record": op.record_uuid})
+                    inserts.append(
+                        {
+                            "address": op.address,
+                            "protocol": key[1],
+                            "port_min": p.port_min,
+                            "port_max": p.port_max,
+                            "remote": p.remote,
+                            "internet_exposed": p.internet,
+                            "rule_id": p.rule_id,
+                            "security_group_id": p.security_group_id,
+                            "opened_at": op.at,
+                            "opened_record": op.record_uuid,
+                        }
+                    )
                 continue
             row = open_rows.pop(key, None)
             if row is not None:
-                await conn.execute(update(w).where(w.c.id == row.id).values(
-                    closed_at=op.at, closed_record=op.record_uuid))
+                await conn.execute(
+                    update(w)
+                    .where(w.c.id == row.id)
+                    .values(closed_at=op.at, closed_record=op.record_uuid)
+                )
             for closed in bodies[op.record_uuid]["closed"]:
-                if (op.address, closed["protocol"], closed["port_range_min"],
-                        closed["port_range_max"], closed["remote"]) == key:
+                if (
+                    op.address,
+                    closed["protocol"],
+                    closed["port_range_min"],
+                    closed["port_range_max"],
+                    closed["remote"],
+                ) == key:
                     closed["window_opened_at"] = row.opened_at if row is not None else None
                     closed["window_closed_at"] = op.at
         if inserts:
@@ -200,7 +237,9 @@ class Store:
 
     async def _inventory(self, conn: AsyncConnection, dirty: Dirty) -> None:
         kinds: list[tuple[Table, dict[str, Any]]] = [
-            (t.inv_rules, dirty.rules), (t.inv_ports, dirty.ports), (t.inv_fips, dirty.fips),
+            (t.inv_rules, dirty.rules),
+            (t.inv_ports, dirty.ports),
+            (t.inv_fips, dirty.fips),
             (t.inv_address_groups, dirty.address_groups),
         ]
         for table, items in kinds:
@@ -222,11 +261,16 @@ class Store:
                 if sg_id in dirty.groups and dirty.groups[sg_id] is None:
                     continue
                 record = dirty.groups.get(sg_id)
-                data = (json.dumps(record.to_json()) if record is not None else
-                        existing[sg_id].data if sg_id in existing else
-                        json.dumps(SecurityGroup(sg_id).to_json()))
+                data = (
+                    json.dumps(record.to_json())
+                    if record is not None
+                    else existing[sg_id].data
+                    if sg_id in existing
+                    else json.dumps(SecurityGroup(sg_id).to_json())
+                )
                 loaded = sg_id in dirty.loaded_groups or bool(
-                    sg_id in existing and existing[sg_id].loaded)
+                    sg_id in existing and existing[sg_id].loaded
+                )
                 group_rows.append({"id": sg_id, "data": data, "loaded": loaded})
             if group_rows:
                 await conn.execute(insert(g), group_rows)
@@ -234,8 +278,10 @@ class Store:
     async def load_inventory(self, inventory: Inventory) -> int:
         """Fill `inventory` from the store; return how many resources it holds."""
         async with self.engine.connect() as conn:
+
             def rows(table: Table) -> Any:
                 return conn.execute(select(table))
+
             groups = list(await rows(t.inv_groups))
             rules = list(await rows(t.inv_rules))
             ports = list(await rows(t.inv_ports))
@@ -254,13 +300,20 @@ class Store:
     async def replace_inventory(self, inventory: Inventory) -> None:
         """Persist a whole inventory (after a full sync) in one transaction."""
         async with self.engine.begin() as conn:
-            for table in (t.inv_groups, t.inv_rules, t.inv_ports, t.inv_fips,
-                          t.inv_address_groups):
+            for table in (t.inv_groups, t.inv_rules, t.inv_ports, t.inv_fips, t.inv_address_groups):
                 await conn.execute(delete(table))
             inserts: list[tuple[Table, list[dict[str, Any]]]] = [
-                (t.inv_groups, [{"id": g.id, "data": json.dumps(g.to_json()),
-                                 "loaded": g.id in inventory.loaded_groups}
-                                for g in inventory.groups.values()]),
+                (
+                    t.inv_groups,
+                    [
+                        {
+                            "id": g.id,
+                            "data": json.dumps(g.to_json()),
+                            "loaded": g.id in inventory.loaded_groups,
+                        }
+                        for g in inventory.groups.values()
+                    ],
+                ),
                 (t.inv_rules, _json_rows(inventory.rules.values())),
                 (t.inv_ports, _json_rows(inventory.ports.values())),
                 (t.inv_fips, _json_rows(inventory.fips.values())),
@@ -275,8 +328,9 @@ class Store:
 
     async def get_meta(self, key: str) -> str | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(t.meta.c.value).where(t.meta.c.key == key))
-                    ).scalar_one_or_none()
+            return (
+                await conn.execute(select(t.meta.c.value).where(t.meta.c.key == key))
+            ).scalar_one_or_none()
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self.engine.begin() as conn:
@@ -307,8 +361,9 @@ class Store:
     async def cursor(self, sink: str) -> int:
         c = t.sink_cursors
         async with self.engine.connect() as conn:
-            value = (await conn.execute(select(c.c.position).where(c.c.sink == sink))
-                     ).scalar_one_or_none()
+            value = (
+                await conn.execute(select(c.c.position).where(c.c.sink == sink))
+            ).scalar_one_or_none()
         return int(value or 0)
 
     async def set_cursor(self, sink: str, position: int) -> None:
@@ -318,8 +373,9 @@ class Store:
                 update(c).where(c.c.sink == sink).values(position=position, updated_at=utcnow())
             )
             if done.rowcount == 0:
-                await conn.execute(insert(c).values(sink=sink, position=position,
-                                                    updated_at=utcnow()))
+                await conn.execute(
+                    insert(c).values(sink=sink, position=position, updated_at=utcnow())
+                )
 
     async def deferred_head(self, limit: int) -> list[Any]:
         d = t.deferred
@@ -328,8 +384,9 @@ class Store:
 
     async def deferred_count(self) -> int:
         async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(t.deferred))
-                        ).scalar() or 0)
+            return int(
+                (await conn.execute(select(func.count()).select_from(t.deferred))).scalar() or 0
+            )
 
     async def quarantine_list(self, limit: int = 100) -> list[Any]:
         q = t.quarantine
@@ -351,7 +408,7 @@ def _json_rows(items: Iterable[Any]) -> list[dict[str, Any]]:
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

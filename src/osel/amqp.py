@@ -1,0 +1,556 @@
+"""The AMQP source: osel's own queue on the OpenStack notification bus.
+
+osel declares its own durable queue, binds it to each exchange with
+``<topic>.info``, and consumes it with manual acks. It never declares, binds
+or consumes the shared ``<topic>.info`` queue that oslo.messaging creates for
+Ceilometer and friends (a second consumer there steals their messages).
+
+Connections are made with `aio_pika.connect` and our own loop (not
+RobustConnection): endpoints are tried in order, a full failed round waits
+per `BackoffPolicy`, outages are logged through `OutageLog("amqp")`. Every
+(re)connection starts a new *generation*; deliveries of a dead generation are
+dropped from the buffer and acks for them are ignored (the broker redelivers
+whatever was not acknowledged on the connection it lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.abc
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from osel.backoff import BackoffPolicy, OutageLog, Stopped, describe_error, retry_forever
+from osel.transport_url import AmqpEndpoint
+
+__all__ = [
+    "AmqpConfigError",
+    "AmqpConnectError",
+    "AmqpSource",
+    "Delivery",
+    "build_ssl_context",
+    "quiet_aiormq_logging",
+]
+
+log = logging.getLogger(__name__)
+
+# oslo.messaging notification priorities: <topic>.<priority> queues are shared.
+_PRIORITIES = ("audit", "debug", "info", "warn", "warning", "error", "critical", "sample")
+_QUEUE_TYPES = ("classic", "quorum")
+_CLOSE_TIMEOUT = 5.0
+
+
+class AmqpConfigError(Exception):
+    """The broker refused our declarations (406 PRECONDITION_FAILED); the
+    message names the configuration key to change."""
+
+
+class AmqpConnectError(ConnectionError):
+    """No endpoint of the round could be connected; says why for each."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message taken from the broker, not yet acknowledged."""
+
+    body: bytes
+    delivery_tag: int
+    generation: int  # bumps on every (re)connection; acks for an older generation are dropped
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    broker: str  # host name of the broker this came from (endpoint host)
+    message_id: str | None  # AMQP property, informational only
+
+
+@dataclass(eq=False)
+class _Session:
+    """One live connection (one generation)."""
+
+    generation: int
+    endpoint: AmqpEndpoint
+    connection: AbstractConnection
+    channel: AbstractChannel
+    underlay: aiormq.abc.AbstractChannel
+    lost: asyncio.Future[BaseException]
+    started_at: float
+    outstanding: set[int] = field(default_factory=set)
+
+    def mark_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc or ConnectionError("connection closed"))
+
+    @property
+    def alive(self) -> bool:
+        return not self.lost.done() and not self.connection.is_closed
+
+
+class _AiormqNoiseFilter(logging.Filter):
+    """aiormq logs an ERROR for every failed connection attempt and a
+    traceback for every lost connection; `OutageLog` reports those,
+    bounded, so these records are dropped."""
+
+    _NOISE = ("error when creating transport", "Cancelling cause reader exited abnormally")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self._NOISE))
+
+
+def quiet_aiormq_logging() -> None:
+    """Install `_AiormqNoiseFilter` on aiormq's connection logger (idempotent)."""
+    target = logging.getLogger("aiormq.connection")
+    if not any(isinstance(f, _AiormqNoiseFilter) for f in target.filters):
+        target.addFilter(_AiormqNoiseFilter())
+
+
+def build_ssl_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, verify: bool
+) -> ssl.SSLContext:
+    """A client TLS context; certificate and host name checks are on unless
+    ``verify`` is False. Errors name the configuration key."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"amqp.ssl_ca_file: cannot load {ca_file}: {exc}") from None
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"amqp.ssl_cert_file/amqp.ssl_key_file: cannot load {cert_file}: {exc}"
+            ) from None
+    elif key_file:
+        raise ValueError("amqp.ssl_key_file is set but amqp.ssl_cert_file is not")
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class AmqpSource:
+    """Consumes osel's own queue; see the module docstring."""
+
+    def __init__(
+        self,
+        endpoints: list[AmqpEndpoint],
+        *,
+        exchanges: list[str],
+        topics: list[str],
+        queue: str,
+        prefetch: int,
+        queue_type: str = "classic",
+        exchange_durable: bool = False,
+        heartbeat: int = 60,
+        connect_timeout: float = 10,
+        ssl_ca_file: str | None = None,
+        ssl_cert_file: str | None = None,
+        ssl_key_file: str | None = None,
+        ssl_verify: bool = True,
+        backoff: BackoffPolicy = BackoffPolicy(),  # noqa: B008 - frozen, immutable
+        logger: logging.Logger | None = None,
+    ) -> None:
+        _validate(endpoints, exchanges, topics, queue, prefetch, queue_type)
+        self._endpoints = list(endpoints)
+        self._exchanges = list(exchanges)
+        self._topics = list(topics)
+        self._queue_name = queue
+        self._prefetch = prefetch
+        self._queue_type = queue_type
+        self._exchange_durable = exchange_durable
+        self._heartbeat = heartbeat
+        self._connect_timeout = connect_timeout
+        self._ssl_context = (
+            build_ssl_context(ssl_ca_file, ssl_cert_file, ssl_key_file, ssl_verify)
+            if any(e.ssl for e in endpoints)
+            else None
+        )
+        self._backoff = backoff
+        self._log = logger or log
+        self._outage = OutageLog("amqp", self._log, cap=backoff.cap)
+        self._buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: _Session | None = None
+        self._generation = 0
+        self._next_index = 0
+        self._last_broker: str | None = None
+        quiet_aiormq_logging()
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None and self._session.alive
+
+    @property
+    def broker(self) -> str | None:
+        """Host name of the broker currently connected to."""
+        session = self._session
+        return session.endpoint.host if session is not None and session.alive else None
+
+    @property
+    def generation(self) -> int:
+        """The current connection's generation (0 before the first one)."""
+        return self._generation
+
+    @property
+    def outage(self) -> OutageLog:
+        """The outage state of the bus (is_down, attempts, down_since)."""
+        return self._outage
+
+    async def start(self) -> None:
+        """Start connecting and consuming in the background; returns at once."""
+        if self._task is not None or self._stop.is_set():
+            raise RuntimeError("AmqpSource can be started once (make a new one after close)")
+        self._task = asyncio.create_task(self._run(), name="osel-amqp")
+        self._task.add_done_callback(self._on_task_done)
+
+    async def get_batch(self, max_messages: int, max_wait: float) -> list[Delivery]:
+        """Wait for at least one delivery, then collect more for up to
+        ``max_wait`` seconds or until ``max_messages``. ``[]`` once stopped."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        while not self._stop.is_set():
+            batch = [d for d in await self._collect(max_messages, max_wait) if self._is_current(d)]
+            if batch and not self._stop.is_set():
+                return batch
+        return []
+
+    async def ack_through(self, delivery: Delivery) -> None:
+        """Acknowledge every outstanding delivery up to and including this
+        one (basic.ack multiple). Does nothing if its connection is gone."""
+        session = self._session_for(delivery)
+        if session is None:
+            return
+        tags = [t for t in session.outstanding if t <= delivery.delivery_tag]
+        if not tags:
+            return  # already acknowledged (acking twice would close the channel)
+        session.outstanding.difference_update(tags)
+        await self._settle(session, "ack", max(tags), multiple=True)
+
+    async def nack(self, delivery: Delivery, requeue: bool = True) -> None:
+        """Reject one delivery (basic.nack), requeued by default."""
+        session = self._session_for(delivery)
+        if session is None or delivery.delivery_tag not in session.outstanding:
+            return
+        session.outstanding.discard(delivery.delivery_tag)
+        await self._settle(session, "nack", delivery.delivery_tag, requeue=requeue)
+
+    async def close(self) -> None:
+        """Stop consuming and close the channel and connection. Unacked
+        deliveries go back to the queue (the broker requeues them)."""
+        self._stop.set()
+        self._buffer.put_nowait(None)  # wakes get_batch
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            await _close_connection(session.connection)
+        self._purge()
+
+    # -- consuming -------------------------------------------------------
+
+    async def _collect(self, max_messages: int, max_wait: float) -> list[Delivery]:
+        loop = asyncio.get_running_loop()
+        batch: list[Delivery] = []
+        deadline: float | None = None
+        while len(batch) < max_messages:
+            item = await self._next(None if deadline is None else deadline - loop.time())
+            if item is None:
+                break  # max_wait elapsed, or stopping
+            if not self._is_current(item):
+                continue  # its connection is gone; the broker redelivers it
+            batch.append(item)
+            if deadline is None:
+                deadline = loop.time() + max_wait
+        return batch
+
+    async def _next(self, wait: float | None) -> Delivery | None:
+        """The next buffered item, waiting at most ``wait`` seconds (None:
+        no limit); None on timeout or stop."""
+        if wait is not None and wait <= 0:
+            try:
+                item = self._buffer.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        else:
+            try:
+                async with asyncio.timeout(wait):
+                    item = await self._buffer.get()
+            except TimeoutError:
+                return None
+        if item is None:
+            self._buffer.put_nowait(None)  # leave the stop marker for other waiters
+        return item
+
+    def _is_current(self, delivery: Delivery) -> bool:
+        return self._session_for(delivery) is not None
+
+    def _session_for(self, delivery: Delivery) -> _Session | None:
+        session = self._session
+        if session is None or session.generation != delivery.generation or not session.alive:
+            return None
+        return session
+
+    def _on_message(self, session: _Session, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag
+        if session is not self._session or not session.alive or tag is None:
+            return
+        session.outstanding.add(tag)
+        self._buffer.put_nowait(
+            Delivery(
+                body=message.body,
+                delivery_tag=tag,
+                generation=session.generation,
+                exchange=message.exchange or "",
+                routing_key=message.routing_key or "",
+                redelivered=bool(message.redelivered),
+                broker=session.endpoint.host,
+                message_id=message.message_id,
+            )
+        )
+
+    async def _consume_callback(self, session: _Session, message: AbstractIncomingMessage) -> None:
+        self._on_message(session, message)
+
+    async def _settle(
+        self, session: _Session, how: str, tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                if how == "ack":
+                    await session.underlay.basic_ack(tag, multiple=multiple)
+                else:
+                    await session.underlay.basic_nack(tag, requeue=requeue)
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            # The channel is gone (or stuck): the broker redelivers everything
+            # unacked once the connection is dropped.
+            self._log.debug("amqp %s of tag %d dropped: %s", how, tag, describe_error(exc))
+            session.mark_lost(exc)
+
+    def _purge(self, generation: int | None = None) -> None:
+        """Drop buffered deliveries (of one generation, or all)."""
+        kept: list[Delivery | None] = []
+        while not self._buffer.empty():
+            item = self._buffer.get_nowait()
+            if item is None or (generation is not None and item.generation != generation):
+                kept.append(item)
+        for item in kept:
+            self._buffer.put_nowait(item)
+
+    # -- connection loop -------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        flaps = 0
+        while not self._stop.is_set():
+            if flaps and await self._pause(self._backoff.delay(flaps)):
+                return
+            try:
+                session = await retry_forever(
+                    self._connect_round,
+                    policy=self._backoff,
+                    what="amqp connect",
+                    outage=self._outage,
+                    stop_event=self._stop,
+                )
+            except Stopped:
+                return
+            exc = await self._until_lost(session)
+            if exc is None:
+                return  # stopping; close() tears the session down
+            # A connection that dies soon after it was made must not turn
+            # the loop into a tight reconnect loop: back off on flapping.
+            flaps = flaps + 1 if loop.time() - session.started_at < self._backoff.cap else 0
+            self._session = None
+            self._purge(session.generation)
+            self._next_index = (self._endpoints.index(session.endpoint) + 1) % len(self._endpoints)
+            await _close_connection(session.connection)
+            self._outage.failed(exc)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless stopped; True if stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return self._stop.is_set()
+
+    async def _until_lost(self, session: _Session) -> BaseException | None:
+        """Wait until the session dies (its error) or we stop (None)."""
+        stopping = asyncio.ensure_future(self._stop.wait())
+        waiters: list[asyncio.Future[Any]] = [session.lost, stopping]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if self._stop.is_set():
+            return None
+        return session.lost.result()
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self._log.error("amqp source stopped unexpectedly: %s", describe_error(exc))
+
+    async def _connect_round(self) -> _Session:
+        """Try each endpoint once, starting with the next in rotation."""
+        errors: list[str] = []
+        config_error: AmqpConfigError | None = None
+        count = len(self._endpoints)
+        for offset in range(count):
+            index = (self._next_index + offset) % count
+            endpoint = self._endpoints[index]
+            try:
+                session = await self._connect(endpoint)
+            except AmqpConfigError as exc:
+                config_error = config_error or exc
+                errors.append(f"{endpoint.label}: {exc}")
+            except Exception as exc:
+                errors.append(f"{endpoint.label}: {describe_error(exc)}")
+            else:
+                self._next_index = index
+                self._log_connected(session, errors)
+                return session
+        if config_error is not None:
+            raise config_error
+        raise AmqpConnectError("; ".join(errors))
+
+    def _log_connected(self, session: _Session, skipped: list[str]) -> None:
+        """INFO when the broker changes (first connection, failover), else DEBUG."""
+        endpoint = session.endpoint
+        changed = endpoint.host != self._last_broker
+        self._last_broker = endpoint.host
+        self._log.log(
+            logging.INFO if changed or skipped else logging.DEBUG,
+            "amqp connected to %s (vhost %s), consuming queue %s%s",
+            endpoint.label,
+            endpoint.virtual_host,
+            self._queue_name,
+            f"; failed first: {'; '.join(skipped)}" if skipped else "",
+            extra={"broker": endpoint.host, "generation": session.generation},
+        )
+
+    async def _connect(self, endpoint: AmqpEndpoint) -> _Session:
+        connection = await aio_pika.connect(
+            **endpoint.connect_kwargs(),
+            ssl_context=self._ssl_context if endpoint.ssl else None,
+            timeout=self._connect_timeout,
+            heartbeat=self._heartbeat,
+            client_properties={"connection_name": f"osel@{socket.gethostname()}"},
+        )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await self._open_session(endpoint, connection)
+        except BaseException:
+            self._session = None
+            await _close_connection(connection)
+            raise
+
+    async def _open_session(
+        self, endpoint: AmqpEndpoint, connection: AbstractConnection
+    ) -> _Session:
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        queue = await self._declare(channel, endpoint)
+        self._generation += 1
+        session = _Session(
+            generation=self._generation,
+            endpoint=endpoint,
+            connection=connection,
+            channel=channel,
+            underlay=await channel.get_underlay_channel(),
+            lost=asyncio.get_running_loop().create_future(),
+            started_at=asyncio.get_running_loop().time(),
+        )
+        connection.close_callbacks.add(lambda _sender, exc: session.mark_lost(exc))
+        channel.close_callbacks.add(lambda _sender, exc: session.mark_lost(exc))
+        session.underlay.on_consumer_cancel_callbacks.add(
+            lambda _frame: session.mark_lost(ConnectionError("consumer cancelled by the broker"))
+        )
+        self._session = session
+        await queue.consume(functools.partial(self._consume_callback, session), no_ack=False)
+        return session
+
+    async def _declare(self, channel: AbstractChannel, endpoint: AmqpEndpoint) -> AbstractQueue:
+        """Declare the exchanges and our own queue, and bind it."""
+        for name in self._exchanges:
+            try:
+                await channel.declare_exchange(
+                    name, aio_pika.ExchangeType.TOPIC, durable=self._exchange_durable
+                )
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                raise AmqpConfigError(
+                    f"exchange {name!r} already exists on {endpoint.host} with other arguments "
+                    f"({exc}); set amqp.exchange_durable to "
+                    f"{str(not self._exchange_durable).lower()} to match it"
+                ) from None
+        quorum = self._queue_type == "quorum"
+        try:
+            queue = await channel.declare_queue(
+                self._queue_name,
+                durable=True,
+                arguments={"x-queue-type": "quorum"} if quorum else None,
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise AmqpConfigError(
+                f"queue {self._queue_name!r} already exists on {endpoint.host} with other "
+                f"arguments ({exc}); set amqp.queue_type to match it, or choose another "
+                "amqp.queue"
+            ) from None
+        for exchange in self._exchanges:
+            for topic in self._topics:
+                await queue.bind(exchange, routing_key=f"{topic}.info")
+        return queue
+
+
+def _validate(
+    endpoints: list[AmqpEndpoint],
+    exchanges: list[str],
+    topics: list[str],
+    queue: str,
+    prefetch: int,
+    queue_type: str,
+) -> None:
+    if not endpoints:
+        raise ValueError("amqp.transport_url: no broker given")
+    if not exchanges or not topics:
+        raise ValueError("amqp.exchanges and amqp.topics must not be empty")
+    if not queue:
+        raise ValueError("amqp.queue must be set (osel consumes its own named queue)")
+    shared = {f"{t}.{p}" for t in topics for p in _PRIORITIES}
+    if queue in shared:
+        raise ValueError(
+            f"amqp.queue must not be {queue!r}: that queue is shared by other consumers "
+            "(Ceilometer); consuming it would steal their messages. Use e.g. 'osel'"
+        )
+    if prefetch < 1:
+        raise ValueError("amqp.prefetch must be at least 1")
+    if queue_type not in _QUEUE_TYPES:
+        raise ValueError(f"amqp.queue_type must be one of {', '.join(_QUEUE_TYPES)}")
+
+
+async def _close_connection(connection: AbstractConnection) -> None:
+    """Close quietly and boundedly: the connection may already be dead."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await connection.close()

@@ -1,0 +1,375 @@
+"""`osel run`: wire the parts together and keep them running.
+
+One consume loop (batch -> pipeline -> one commit -> ack), a scheduler loop,
+an outbox loop per sink, a loop that retries changes deferred while Neutron
+was away, and the periodic re-sync. The pipeline lock keeps them from
+interleaving inside the inventory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from osel.backoff import BackoffPolicy, OutageLog
+from osel.config import Settings
+from osel.decide import Rules, decide, now_iso
+from osel.faults import crash_point
+from osel.inventory import Inventory
+from osel.neutron import NeutronAPI, NeutronUnavailable
+from osel.outbox import Outbox
+from osel.pipeline import Item, Pipeline, Stats
+from osel.resolver import Resolver
+from osel.resync import load_snapshot, reconcile
+from osel.scheduler import DryRunBackend, ScanBackend, Scheduler
+from osel.sinks import Sink
+from osel.sinks.file import FileSink
+from osel.store.store import Batch, Store
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """What the consume loop needs from a message source (`osel.amqp.AmqpSource`)."""
+
+    async def start(self) -> None: ...
+
+    async def get_batch(self, max_messages: int, max_wait: float) -> list[Any]: ...
+
+    async def ack_through(self, delivery: Any) -> None: ...
+
+    async def nack(self, delivery: Any, requeue: bool = True) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def decision_rules(settings: Settings) -> Rules:
+    return Rules(
+        out_of_scope=settings.scope.classify,
+        trigger=settings.scope.trigger,
+        scan_on_rule_delete=settings.scan.scan_on_rule_delete,
+    )
+
+
+def build_sinks(settings: Settings) -> list[Sink]:
+    sinks: list[Sink] = []
+    for sink in settings.audit.sinks:
+        if sink.type == "file":
+            sinks.append(FileSink(sink.path, fsync=sink.fsync, sink_id=sink.sink_id))
+        else:
+            raise SystemExit(
+                f"audit.sinks: type {sink.type!r} ({sink.sink_id}) is not available in this "
+                "version; use type: file"
+            )
+    return sinks
+
+
+def build_backend(settings: Settings) -> ScanBackend:
+    if settings.scan.backend == "dry-run":
+        return DryRunBackend()
+    raise SystemExit(
+        "scan.backend: 'qualys' is not available in this version; set scan.backend: dry-run "
+        "(records what would be scanned)"
+    )
+
+
+def build_neutron(settings: Settings) -> NeutronAPI:
+    from osel.neutron_sdk import SdkNeutron
+
+    os_ = settings.openstack
+    auth = None
+    if os_.auth is not None:
+        auth = {
+            k: (v.get_secret_value() if hasattr(v, "get_secret_value") else v)
+            for k, v in os_.auth.model_dump(exclude_none=True).items()
+            if not k.endswith("_file")
+        }
+    return SdkNeutron(
+        cloud=os_.cloud,
+        auth=auth,
+        region_name=os_.region_name,
+        interface=os_.interface,
+        verify=os_.verify,
+        cacert=os_.cacert,
+        timeout=os_.timeout_seconds,
+        max_concurrency=os_.max_concurrency,
+    )
+
+
+def build_source(settings: Settings) -> Source:
+    from osel.amqp import AmqpSource
+    from osel.transport_url import parse_transport_url
+
+    a = settings.amqp
+    return AmqpSource(
+        parse_transport_url(a.transport_url.get_secret_value()),
+        exchanges=list(a.exchanges),
+        topics=list(a.topics),
+        queue=a.queue,
+        prefetch=a.prefetch,
+        queue_type=a.queue_type,
+        exchange_durable=a.exchange_durable,
+        heartbeat=a.heartbeat,
+        connect_timeout=a.connect_timeout,
+        ssl_ca_file=a.ssl_ca_file,
+        ssl_cert_file=a.ssl_cert_file,
+        ssl_key_file=a.ssl_key_file,
+        ssl_verify=a.ssl_verify,
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        neutron: NeutronAPI | None = None,
+        source: Source | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = Store(settings.store.url.get_secret_value())
+        self.inventory = Inventory()
+        self.neutron = neutron if neutron is not None else build_neutron(settings)
+        self.source = source
+        self.backoff = backoff or BackoffPolicy()
+        self.resolver = Resolver(self.inventory, self.neutron)
+        self.instance = settings.service.instance
+        self.pipeline = Pipeline(
+            self.store,
+            self.inventory,
+            self.resolver,
+            decision_rules(settings),
+            instance=self.instance,
+            max_message_bytes=settings.service.max_message_bytes,
+        )
+        self.scheduler = Scheduler(
+            self.store,
+            build_backend(settings),
+            window_seconds=settings.scan.window_seconds,
+            max_targets=settings.scan.max_targets,
+            instance=self.instance,
+        )
+        self.outbox = Outbox(self.store, build_sinks(settings), backoff=self.backoff)
+        self.lock = asyncio.Lock()
+        self.stats = Stats()
+        self.caught_up = False
+        self.neutron_outage = OutageLog("neutron", log, cap=self.backoff.cap)
+
+    # --- start-up ----------------------------------------------------------
+
+    async def prepare(self, *, initial_sync: bool = True) -> None:
+        """Migrate the store, load the inventory, sync from Neutron on a first start."""
+        await self.store.migrate()
+        held = await self.store.load_inventory(self.inventory)
+        if await self.store.deferred_count():
+            self.pipeline.deferring = True
+        if held == 0 and initial_sync:
+            try:
+                snap = await self.neutron.snapshot()
+            except NeutronUnavailable as exc:
+                log.warning(
+                    "first start and Neutron does not answer (%s): the inventory fills "
+                    "as changes arrive",
+                    exc,
+                )
+                return
+            load_snapshot(snap, self.inventory)
+            await self.store.replace_inventory(self.inventory)
+            await self.store.set_meta("resynced_at", now_iso())
+            log.info(
+                "inventory loaded from Neutron: %d groups, %d rules, %d ports, %d floating IPs",
+                len(snap.security_groups),
+                len(snap.rules),
+                len(snap.ports),
+                len(snap.floating_ips),
+            )
+        else:
+            log.info("inventory loaded from the store: %d resources", held)
+
+    # --- processing ----------------------------------------------------------
+
+    async def process(self, items: list[Item]) -> Stats:
+        """Run items through the pipeline and commit them: the unit of work."""
+        async with self.lock:
+            batch = Batch()
+            try:
+                stats = await self.pipeline.process(items, batch)
+                batch.dirty = self.inventory.take_dirty()
+                crash_point("before_commit")
+                await self.store.commit(batch)
+            except BaseException:
+                await self._reload_inventory()
+                raise
+        self.stats.add(stats)
+        self.outbox.wake.set()
+        return stats
+
+    async def _reload_inventory(self) -> None:
+        """After a failed commit the in-memory inventory is ahead of the store: rebuild it."""
+        self.inventory.clear()
+        await self.store.load_inventory(self.inventory)
+
+    async def consume(self, stop: asyncio.Event) -> None:
+        assert self.source is not None
+        size = self.settings.service.batch_size
+        wait = self.settings.service.batch_wait_ms / 1000
+        failures = 0
+        while not stop.is_set():
+            deliveries = await self.source.get_batch(size, wait)
+            if not deliveries:
+                self.caught_up = True
+                continue
+            self.caught_up = len(deliveries) < size
+            items = [Item(d.body, "amqp", d.broker) for d in deliveries]
+            try:
+                await self.process(items)
+            except Exception:
+                failures += 1
+                log.exception(
+                    "could not commit a batch of %d message(s); they stay "
+                    "unacknowledged and come back",
+                    len(deliveries),
+                )
+                for d in deliveries:
+                    await self.source.nack(d, requeue=True)
+                await _sleep(stop, min(self.backoff.cap, self.backoff.initial * 2**failures))
+                continue
+            failures = 0
+            crash_point("before_ack")
+            await self.source.ack_through(deliveries[-1])
+
+    async def retry_deferred(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            if not self.pipeline.deferring:
+                await _sleep(stop, 1.0)
+                continue
+            rows = await self.store.deferred_head(1)
+            if not rows:
+                async with self.lock:
+                    if not await self.store.deferred_count():
+                        self.pipeline.deferring = False
+                        self.neutron_outage.recovered()
+                continue
+            row = rows[0]
+            stats = await self.process([Item(row.body, row.source, row.broker, row.id)])
+            if stats.outcomes["deferred"]:
+                attempt += 1
+                self.neutron_outage.failed(NeutronUnavailable(row.reason))
+                await _sleep(stop, self.backoff.delay(attempt))
+            else:
+                attempt = 0
+
+    async def schedule(self, stop: asyncio.Event) -> None:
+        await self.scheduler.resume()
+        period = max(0.2, min(5.0, self.settings.scan.window_seconds / 4))
+        while not stop.is_set():
+            try:
+                await self.scheduler.tick()
+            except Exception:
+                log.exception("scan scheduler failed; retrying")
+            await _sleep(stop, period)
+
+    async def resync(self, stop: asyncio.Event) -> None:
+        minutes = self.settings.openstack.resync_minutes
+        if minutes <= 0:
+            return
+        while not stop.is_set():
+            await _sleep(stop, minutes * 60)
+            if stop.is_set():
+                return
+            if not self.caught_up or self.pipeline.deferring:
+                log.info("re-sync postponed: notifications are still waiting to be processed")
+                continue
+            await self.resync_once()
+
+    async def resync_once(self) -> int:
+        try:
+            snap = await self.neutron.snapshot()
+        except NeutronUnavailable as exc:
+            log.warning("re-sync skipped: %s", exc)
+            return 0
+        async with self.lock:
+            batch = Batch()
+            changes = await reconcile(snap, self.inventory, self.resolver, now=now_iso())
+            for change in changes:
+                batch.decisions.append(
+                    decide(change, self.pipeline.rules, instance=self.instance, broker="")
+                )
+            batch.dirty = self.inventory.take_dirty()
+            try:
+                await self.store.commit(batch)
+            except BaseException:
+                await self._reload_inventory()
+                raise
+        self.resolver.revision_gaps += len(changes)
+        await self.store.set_meta("resynced_at", now_iso())
+        self.outbox.wake.set()
+        return len(changes)
+
+    # --- lifetime ------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.prepare()
+        if self.source is None:
+            self.source = build_source(self.settings)
+        await self.source.start()
+        workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [
+            self.consume,
+            self.retry_deferred,
+            self.schedule,
+            self.resync,
+        ]
+        inner = asyncio.Event()
+        tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in workers]
+        tasks += [
+            asyncio.create_task(self.outbox.run_sink(s, inner), name=s.sink_id)
+            for s in self.outbox.sinks
+        ]
+        log.info(
+            "osel %s running: queue %s, store %s, %d audit sink(s)",
+            self.instance,
+            self.settings.amqp.queue,
+            self.store.dialect,
+            len(self.outbox.sinks),
+        )
+        stopper = asyncio.create_task(stop.wait())
+        running: set[asyncio.Task[Any]] = {stopper, *tasks}
+        failed: list[asyncio.Task[Any]] = []
+        while not stop.is_set() and not failed:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            failed = [t for t in done if t is not stopper and t.exception() is not None]
+        for task in failed:
+            log.error("%s stopped: %r; shutting down", task.get_name(), task.exception())
+        inner.set()
+        await self.shutdown(tasks)
+        stopper.cancel()
+        log.info("osel %s stopped", self.instance)
+        return 1 if failed else 0
+
+    async def shutdown(self, tasks: list[asyncio.Task[None]], flush_seconds: float = 5.0) -> None:
+        """Stop consuming, let in-flight work finish, flush the outbox for a bounded time."""
+        assert self.source is not None
+        _done, pending = await asyncio.wait(tasks, timeout=flush_seconds)
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(), timeout=flush_seconds)
+        await self.source.close()
+        await self.neutron.close()
+        for sink in self.outbox.sinks:
+            await sink.close()
+        await self.store.close()
+
+    async def _flush(self) -> None:
+        for sink in self.outbox.sinks:
+            await self.outbox.drain_once(sink)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,124 @@
+"""Run a real `osel run` process for end-to-end tests and read what it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pika
+import yaml
+
+from tests.integration.neutron_fixtures import clouds_yaml, unique
+
+Record = dict[str, Any]
+
+
+def delete_queue(name: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+    try:
+        conn.channel().queue_delete(name)
+    finally:
+        conn.close()
+
+
+class OselProcess:
+    """`osel run` with a dry-run scanner, a JSONL audit file and its own queue."""
+
+    def __init__(
+        self, workdir: Path, *, window_seconds: float = 1.0, extra: dict[str, Any] | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.queue = unique("queue")
+        self.audit = workdir / "audit.jsonl"
+        self.log = workdir / "osel.log"
+        self.config = workdir / "osel.yaml"
+        settings: dict[str, Any] = {
+            "service": {"instance_name": "osel-test", "batch_wait_ms": 20},
+            "amqp": {"queue": self.queue, "prefetch": 200},
+            "openstack": {"cloud": "osel", "resync_minutes": 0},
+            "scan": {"backend": "dry-run", "window_seconds": window_seconds},
+            "audit": {"sinks": [{"type": "file", "path": str(self.audit)}]},
+            "store": {"url": f"sqlite:///{workdir}/osel.db"},
+            "http": {"enabled": False},
+        }
+        for section, values in (extra or {}).items():
+            settings.setdefault(section, {}).update(values)
+        self.config.write_text(yaml.safe_dump(settings))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds_yaml())}
+        full_env.pop("OSEL_CRASH_AT", None)
+        full_env.update(env or {})
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "osel", "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
+        self.wait_for_log("running", after=0)
+
+    def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log.read_text(errors="replace")[after:]:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"osel exited with {self.proc.returncode}:\n{self.tail()}")
+            time.sleep(0.1)
+        raise AssertionError(f"osel did not log {text!r} within {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def records(self) -> list[Record]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+
+    def wait_records(
+        self, match: Callable[[Record], bool], count: int, *, timeout: float = 30
+    ) -> list[Record]:
+        """Wait until exactly `count` records match (and a moment longer, to catch extras)."""
+        deadline = time.monotonic() + timeout
+        found: list[Record] = []
+        while time.monotonic() < deadline:
+            found = [r for r in self.records() if match(r)]
+            if len(found) >= count:
+                time.sleep(1.0)
+                return [r for r in self.records() if match(r)]
+            time.sleep(0.2)
+        raise AssertionError(f"{len(found)} of {count} records after {timeout}s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"osel did not stop on SIGTERM:\n{self.tail()}") from None
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            delete_queue(self.queue)

@@ -1,0 +1,151 @@
+"""The `osel` command: check-config, replay, audit tail, scans, quarantine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from osel.cli import main
+from tests import messages as m
+
+SAMPLES = Path(__file__).parents[2].parent / "shared" / "samples" / "neutron-29"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "osel.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "scan": {"backend": "dry-run", "window_seconds": 0},
+                "store": {"url": f"sqlite:///{tmp_path}/osel.db"},
+                "audit": {"sinks": [{"type": "file", "path": str(tmp_path / "audit.jsonl")}]},
+                "http": {"enabled": False},
+            }
+        )
+    )
+    return path
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_check_config_reports_all_three_mistakes_by_key(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "amqp:\n  prefetch: -1\nscan:\n  backend: dry-run\n  windw_seconds: 5\n"
+        "scope:\n  ipv6: keep\n"
+    )
+    result = invoke("check-config", "-c", str(bad))
+    assert result.exit_code == 1
+    assert "3 problem(s)" in result.output
+    for key in ("amqp.prefetch", "scan.windw_seconds", "scope.ipv6"):
+        assert key in result.output
+
+
+def test_check_config_accepts_a_good_file_and_masks_secrets(config: Path):
+    text = config.read_text() + "amqp:\n  transport_url: rabbit://osel:MARKER-pw@mq:5672/\n"
+    config.write_text(text)
+    result = invoke("check-config", "-c", str(config))
+    assert result.exit_code == 0, result.output
+    assert "configuration OK" in result.output and "MARKER-pw" not in result.output
+
+
+def test_replay_of_neutron_29_samples(config: Path, tmp_path: Path):
+    result = invoke("replay", str(SAMPLES / "notifications.jsonl"), "-c", str(config), "--offline")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["messages"] == 27 and summary["outcomes"]["ignored"] == 19
+    assert summary["changes"] == {
+        "fip_associate": 1,
+        "sg_rule_add": 1,
+        "sg_rule_del": 1,
+        "fip_disassociate": 1,
+        "fip_delete": 1,
+    }
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    changes = [
+        (r["change_type"], r["affected_ip_address"], r["scan_state"])
+        for r in lines
+        if r["record_type"] == "change"
+    ]
+    assert changes == [
+        ("fip_associate", "203.0.113.113", "skipped"),
+        ("sg_rule_add", "10.0.0.177", "queued"),
+        ("sg_rule_add", "203.0.113.113", "queued"),
+        ("sg_rule_del", "10.0.0.177", "queued"),
+        ("sg_rule_del", "203.0.113.113", "queued"),
+        ("fip_disassociate", "203.0.113.113", "skipped"),
+        ("fip_delete", "203.0.113.113", "skipped"),
+    ]
+    scans = [r for r in lines if r["record_type"] == "scan"]
+    assert {r["scan_state"] for r in scans} == {"queued", "launched"}
+    assert sorted(scans[-1]["target_addresses"]) == ["10.0.0.177", "203.0.113.113"]
+    # replaying again changes nothing: every message id was seen
+    again = json.loads(
+        invoke(
+            "replay", str(SAMPLES / "notifications.jsonl"), "-c", str(config), "--offline"
+        ).stdout
+    )
+    assert again["outcomes"].get("duplicate") == 8 and again["records"] == 0
+
+
+def test_icehouse_shaped_messages(config: Path, tmp_path: Path):
+    group = {"id": "sg1", "project_id": "t1", "name": "web", "security_group_rules": []}
+    port = m.port("p1", ["10.1.0.5"], ["sg1"])
+    rule = m.rule("sg1", rid="r1")
+    lines = [
+        m.notification("security_group.create.end", {"security_group": group}, icehouse=True),
+        m.notification("port.create.end", {"port": port}, icehouse=True),
+        m.notification(
+            "security_group_rule.create.end", {"security_group_rule": rule}, icehouse=True
+        ),
+        m.notification(
+            "security_group_rule.delete.end",
+            {"security_group_rule_id": "r1"},
+            icehouse=True,
+            project="t1",
+        ),
+    ]
+    capture = tmp_path / "icehouse.jsonl"
+    capture.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = invoke("replay", str(capture), "-c", str(config), "--offline")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    changes = [r for r in records if r["record_type"] == "change"]
+    assert [(r["change_type"], r["affected_ip_address"]) for r in changes] == [
+        ("sg_rule_add", "10.1.0.5"),
+        ("sg_rule_del", "10.1.0.5"),
+    ]
+    assert changes[1]["security_group_rule"]["port_range_min"] == 22
+    assert changes[1]["closed"][0]["window_opened_at"]
+
+
+def test_audit_tail_scans_and_quarantine(config: Path, tmp_path: Path):
+    capture = tmp_path / "mixed.jsonl"
+    capture.write_text(
+        "not json at all\n"
+        + json.dumps(
+            m.notification(
+                "port.create.end",
+                {"port": m.port("p9", ["10.9.0.9"], [], port_security_enabled=False)},
+            )
+        )
+        + "\n"
+    )
+    invoke("replay", str(capture), "-c", str(config), "--offline")
+    tail = invoke("audit", "tail", "-n", "5", "-c", str(config))
+    assert "port_create" in tail.output and "10.9.0.9" in tail.output
+    listing = invoke("scans", "list", "-c", str(config))
+    assert "launched" in listing.output and "1 address(es)" in listing.output
+    batch_id = listing.output.split()[1]
+    shown = json.loads(invoke("scans", "show", batch_id, "-c", str(config)).stdout)
+    assert shown["addresses"] == ["10.9.0.9"]
+    quarantined = invoke("quarantine", "list", "-c", str(config))
+    assert "not JSON" in quarantined.output

@@ -1,0 +1,120 @@
+"""The daemon's loops with an in-memory source and a fake Neutron."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from osel.backoff import BackoffPolicy
+from osel.config import Settings
+from osel.daemon import Daemon
+from osel.model import FloatingIP, Port, SecurityGroup
+from tests import messages as m
+from tests.fakes import FakeNeutron, FakeSource
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings.model_validate(
+        {
+            "scan": {"backend": "dry-run", "window_seconds": 0},
+            "store": {"url": f"sqlite:///{tmp_path}/osel.db"},
+            "audit": {"sinks": [{"type": "file", "path": str(tmp_path / "audit.jsonl")}]},
+            "openstack": {"resync_minutes": 0},
+        }
+    )
+
+
+def neutron_world() -> FakeNeutron:
+    n = FakeNeutron()
+    n.groups = {"sg1": SecurityGroup("sg1", "p1")}
+    n.ports = {"p1": Port.from_neutron(m.port("p1", ["10.0.0.1"], ["sg1"]))}
+    n.fips = {"f1": FloatingIP("f1", "203.0.113.10", "p1", "10.0.0.1", "p1")}
+    return n
+
+
+async def wait_for(predicate) -> None:
+    """Poll a condition on state another task changes (10 s at most)."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - the state has no event to wait on
+            await asyncio.sleep(0.05)
+
+
+def audit(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "audit.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_changes_wait_for_neutron_in_order_and_are_acked_at_once(tmp_path: Path):
+    neutron = neutron_world()
+    neutron.down = True
+    source = FakeSource()
+    daemon = Daemon(
+        settings(tmp_path),
+        neutron=neutron,
+        source=source,
+        backoff=BackoffPolicy(initial=0.05, cap=0.2),
+    )
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    source.publish(
+        m.envelope(
+            m.notification(
+                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
+            )
+        )
+    )
+    source.publish(
+        m.envelope(
+            m.notification(
+                "floatingip.update.end", {"floatingip": m.fip("f1", "203.0.113.10", None)}
+            )
+        )
+    )
+    await wait_for(lambda: source.acked == 2)  # kept in the store, so the broker can let go
+    assert await daemon.store.deferred_count() == 2 and audit(tmp_path) == []
+    neutron.down = False
+    await wait_for(lambda: len([r for r in audit(tmp_path) if r["record_type"] == "change"]) == 3)
+    changes = [r["change_type"] for r in audit(tmp_path) if r["record_type"] == "change"]
+    assert changes == ["sg_rule_add", "sg_rule_add", "fip_disassociate"]
+    assert not daemon.pipeline.deferring
+    stop.set()
+    assert await runner == 0
+
+
+async def test_a_failed_commit_acks_nothing_and_rebuilds_the_inventory(tmp_path: Path):
+    source = FakeSource()
+    daemon = Daemon(
+        settings(tmp_path),
+        neutron=neutron_world(),
+        source=source,
+        backoff=BackoffPolicy(initial=0.05, cap=0.1),
+    )
+    await daemon.prepare()
+    real_commit = daemon.store.commit
+    calls = 0
+
+    async def flaky(batch):  # the first commit fails, as a full disk would
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("disk full")
+        await real_commit(batch)
+
+    daemon.store.commit = flaky  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(daemon.consume(stop))
+    source.publish(
+        m.envelope(
+            m.notification(
+                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
+            )
+        )
+    )
+    await wait_for(lambda: source.nacked == [1])
+    assert source.acked == 0
+    assert "r1" not in daemon.inventory.rules  # the failed batch's effects are gone
+    stop.set()
+    await consumer
+    await daemon.store.close()
