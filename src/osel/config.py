@@ -297,6 +297,9 @@ class AmqpSettings(_Model):
 
     secret_keys = ("transport_url",)
 
+    enabled: bool = Field(
+        True, description="Consume from RabbitMQ; false: only the Aodh webhook feeds osel"
+    )
     transport_url: SecretUrl = Field(
         SecretUrl("rabbit://guest:guest@127.0.0.1:5672/"),
         description="oslo transport URL (secret); several hosts comma-separated; amqps or ?ssl=1",

@@ -11,13 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from osel.backoff import BackoffPolicy, OutageLog
+from osel.backoff import BackoffPolicy, OutageLog, describe_error
 from osel.config import Settings
 from osel.decide import Rules, decide, now_iso
 from osel.faults import crash_point
+from osel.health import Health
+from osel.http.app import Context, create_app
+from osel.http.metrics import Metrics
+from osel.http.server import HttpServer
 from osel.inventory import Inventory
 from osel.neutron import NeutronAPI, NeutronUnavailable
 from osel.outbox import Outbox
@@ -27,9 +32,12 @@ from osel.resync import load_snapshot, reconcile
 from osel.scheduler import DryRunBackend, ScanBackend, Scheduler
 from osel.sinks import Sink
 from osel.sinks.file import FileSink
+from osel.store import queries
 from osel.store.store import Batch, Store
 
 log = logging.getLogger(__name__)
+
+PROBE_ID = "00000000-0000-0000-0000-000000000000"  # asked for to see that Neutron answers
 
 
 class Source(Protocol):
@@ -156,6 +164,8 @@ class Daemon:
         self.outbox = Outbox(self.store, build_sinks(settings), backoff=self.backoff)
         self.lock = asyncio.Lock()
         self.stats = Stats()
+        self.health = Health()
+        self.metrics = Metrics(self.health)
         self.caught_up = False
         self.neutron_outage = OutageLog("neutron", log, cap=self.backoff.cap)
 
@@ -194,6 +204,7 @@ class Daemon:
 
     async def process(self, items: list[Item]) -> Stats:
         """Run items through the pipeline and commit them: the unit of work."""
+        started = time.monotonic()
         async with self.lock:
             batch = Batch()
             try:
@@ -201,10 +212,18 @@ class Daemon:
                 batch.dirty = self.inventory.take_dirty()
                 crash_point("before_commit")
                 await self.store.commit(batch)
-            except BaseException:
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self.health.report("store", False, describe_error(exc))
                 await self._reload_inventory()
                 raise
+        self.health.report("store", True)
         self.stats.add(stats)
+        self.metrics.observe(stats, time.monotonic() - started)
+        self.metrics.revision_gaps.set(self.resolver.revision_gaps)
+        self.metrics.neutron_misses.set(self.resolver.misses)
+        if stats.outcomes["deferred"] or batch.undeferred:
+            self.metrics.deferred.set(await self.store.deferred_count())
         self.outbox.wake.set()
         return stats
 
@@ -220,6 +239,7 @@ class Daemon:
         failures = 0
         while not stop.is_set():
             deliveries = await self.source.get_batch(size, wait)
+            self.health.report("amqp", bool(getattr(self.source, "connected", True)))
             if not deliveries:
                 self.caught_up = True
                 continue
@@ -274,6 +294,40 @@ class Daemon:
                 log.exception("scan scheduler failed; retrying")
             await _sleep(stop, period)
 
+    async def probe_neutron(self, stop: asyncio.Event, every: float = 60.0) -> None:
+        """Ask Neutron something cheap now and then, so readiness says whether it answers."""
+        while not stop.is_set():
+            try:
+                await self.neutron.get_security_group(PROBE_ID)
+            except NeutronUnavailable as exc:
+                self.health.report("neutron", False, str(exc))
+            else:
+                self.health.report("neutron", True)
+            await _sleep(stop, every)
+
+    async def ready(self) -> dict[str, bool]:
+        """The checks of /readyz."""
+        checks = {"neutron": self.health.is_up("neutron", within=300)}
+        if self.settings.amqp.enabled:
+            checks["amqp"] = bool(getattr(self.source, "connected", False))
+        try:
+            await asyncio.wait_for(self.store.set_meta("ready_probe", now_iso()), timeout=5)
+            checks["store"] = True
+        except Exception as exc:
+            self.health.report("store", False, describe_error(exc))
+            checks["store"] = False
+        return checks
+
+    async def lag(self) -> dict[str, dict[str, float | int | None]]:
+        return await queries.sink_lag(self.store, [s.sink_id for s in self.outbox.sinks])
+
+    def http_server(self) -> HttpServer:
+        ctx = Context(
+            self.store, self.health, self.metrics, self.ready, self.lag, instance=self.instance
+        )
+        http = self.settings.http
+        return HttpServer(create_app(ctx), http.host, http.port)
+
     async def resync(self, stop: asyncio.Event) -> None:
         minutes = self.settings.openstack.resync_minutes
         if minutes <= 0:
@@ -291,8 +345,10 @@ class Daemon:
         try:
             snap = await self.neutron.snapshot()
         except NeutronUnavailable as exc:
+            self.health.report("neutron", False, str(exc))
             log.warning("re-sync skipped: %s", exc)
             return 0
+        self.health.report("neutron", True)
         async with self.lock:
             batch = Batch()
             changes = await reconcile(snap, self.inventory, self.resolver, now=now_iso())
@@ -315,15 +371,20 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.prepare()
-        if self.source is None:
-            self.source = build_source(self.settings)
-        await self.source.start()
-        workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [
-            self.consume,
+        workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+        if self.settings.amqp.enabled:
+            if self.source is None:
+                self.source = build_source(self.settings)
+            await self.source.start()
+            workers.append(self.consume)
+        workers += [
             self.retry_deferred,
             self.schedule,
             self.resync,
+            self.probe_neutron,
         ]
+        if self.settings.http.enabled:
+            workers.append(self.http_server().run)
         inner = asyncio.Event()
         tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in workers]
         tasks += [
@@ -353,13 +414,13 @@ class Daemon:
 
     async def shutdown(self, tasks: list[asyncio.Task[None]], flush_seconds: float = 5.0) -> None:
         """Stop consuming, let in-flight work finish, flush the outbox for a bounded time."""
-        assert self.source is not None
         _done, pending = await asyncio.wait(tasks, timeout=flush_seconds)
         for task in pending:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flush(), timeout=flush_seconds)
-        await self.source.close()
+        if self.source is not None:
+            await self.source.close()
         await self.neutron.close()
         for sink in self.outbox.sinks:
             await sink.close()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from osel.decide import Rules, decide
@@ -40,17 +42,26 @@ class Stats:
     """What a batch did, for logs and metrics."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
-    event_types: Counter[str] = field(default_factory=Counter)
+    by_event: Counter[tuple[str, str]] = field(default_factory=Counter)  # (event_type, outcome)
     changes: Counter[str] = field(default_factory=Counter)
+    addresses: Counter[str] = field(default_factory=Counter)  # change records with an address
     records: int = 0
     targets: int = 0
+    change_times: list[float] = field(default_factory=list)  # epoch of each recorded change
 
     def add(self, other: Stats) -> None:
         self.outcomes.update(other.outcomes)
-        self.event_types.update(other.event_types)
+        self.by_event.update(other.by_event)
         self.changes.update(other.changes)
+        self.addresses.update(other.addresses)
         self.records += other.records
         self.targets += other.targets
+        self.change_times += other.change_times
+
+    @property
+    def latencies(self) -> list[float]:
+        now = time.time()
+        return [max(0.0, now - t) for t in self.change_times]
 
 
 class Pipeline:
@@ -90,6 +101,7 @@ class Pipeline:
         for item, n in zip(items, decoded, strict=True):
             outcome = await self._one(item, n, batch, seen, stats)
             stats.outcomes[outcome] += 1
+            stats.by_event[(n.event_type if isinstance(n, Notification) else "", outcome)] += 1
         return stats
 
     async def _one(
@@ -98,7 +110,6 @@ class Pipeline:
         if isinstance(n, BadMessage):
             self._quarantine(item, n.reason, batch, None)
             return "quarantined"
-        stats.event_types[n.event_type] += 1
         handler = HANDLERS.get(n.event_type)
         if handler is None:
             return "ignored"
@@ -127,8 +138,13 @@ class Pipeline:
             decision = decide(change, self.rules, instance=self.instance, broker=item.broker)
             batch.decisions.append(decision)
             stats.changes[change.change_type] += 1
+            stats.addresses[change.change_type] += sum(
+                1 for r in decision.records if r["affected_ip_address"]
+            )
             stats.records += len(decision.records)
             stats.targets += len(decision.targets)
+        if changes:
+            stats.change_times.append(epoch(n.timestamp))
         return "recorded" if changes else "no_change"
 
     def _quarantine(self, item: Item, reason: str, batch: Batch, n: Notification | None) -> None:
@@ -155,6 +171,17 @@ class Pipeline:
         batch.deferred.append(
             {"source": item.source, "broker": item.broker, "reason": reason, "body": item.body}
         )
+
+
+def epoch(oslo_time: str) -> float:
+    """The notification's timestamp (UTC, no zone) as epoch seconds; now if unreadable."""
+    try:
+        parsed = datetime.fromisoformat(oslo_time.strip().replace(" ", "T").removesuffix("Z"))
+    except ValueError:
+        return time.time()
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def _peek(body: bytes, key: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,12 @@ from tests.integration.neutron_fixtures import clouds_yaml, unique
 Record = dict[str, Any]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def delete_queue(name: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
     try:
@@ -32,7 +39,12 @@ class OselProcess:
     """`osel run` with a dry-run scanner, a JSONL audit file and its own queue."""
 
     def __init__(
-        self, workdir: Path, *, window_seconds: float = 1.0, extra: dict[str, Any] | None = None
+        self,
+        workdir: Path,
+        *,
+        window_seconds: float = 1.0,
+        extra: dict[str, Any] | None = None,
+        http: bool = False,
     ) -> None:
         self.workdir = workdir
         self.queue = unique("queue")
@@ -46,11 +58,12 @@ class OselProcess:
             "scan": {"backend": "dry-run", "window_seconds": window_seconds},
             "audit": {"sinks": [{"type": "file", "path": str(self.audit)}]},
             "store": {"url": f"sqlite:///{workdir}/osel.db"},
-            "http": {"enabled": False},
+            "http": {"enabled": http, "bind": f"127.0.0.1:{free_port()}"},
         }
         for section, values in (extra or {}).items():
             settings.setdefault(section, {}).update(values)
         self.config.write_text(yaml.safe_dump(settings))
+        self.http_url = f"http://{settings['http']['bind']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str] | None = None) -> None:

@@ -22,6 +22,7 @@ def settings(tmp_path: Path) -> Settings:
             "store": {"url": f"sqlite:///{tmp_path}/osel.db"},
             "audit": {"sinks": [{"type": "file", "path": str(tmp_path / "audit.jsonl")}]},
             "openstack": {"resync_minutes": 0},
+            "http": {"enabled": False},
         }
     )
 

@@ -1,0 +1,160 @@
+"""The daemon's HTTP endpoint: health, readiness, metrics, the JSON API, the status page.
+
+Served by uvicorn inside the daemon's event loop (`osel.http.server`), bound to
+loopback by default (`http.bind`). The OpenAPI document is at /openapi.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from osel import __version__
+from osel.health import Health
+from osel.http.metrics import Metrics
+from osel.store import queries
+from osel.store.store import Store
+
+Lag = dict[str, dict[str, float | int | None]]
+
+
+@dataclass
+class Context:
+    """What the endpoints read; the daemon fills it."""
+
+    store: Store
+    health: Health
+    metrics: Metrics
+    ready: Callable[[], Awaitable[dict[str, bool]]]
+    lag: Callable[[], Awaitable[Lag]]
+    instance: str = ""
+    extra_routes: list[Callable[[FastAPI], None]] = field(default_factory=list)
+
+
+class ChangeRecord(BaseModel):
+    """An audit record of one change on one address (docs/audit-records.md)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: int
+    record_id: str
+    change_type: str
+    event_type: str
+    message_id: str
+    timestamp: str
+    project_id: str
+    affected_ip_address: str
+    internet_exposed: bool
+    scan_state: str
+    qualys_scan_id: str
+    opened: list[dict[str, Any]]
+    closed: list[dict[str, Any]]
+
+
+class ChangePage(BaseModel):
+    items: list[ChangeRecord]
+    next_after: int | None = Field(None, description="Pass as `after` for the next page")
+
+
+class ScanBatch(BaseModel):
+    id: str
+    state: str
+    backend: str
+    title: str
+    reference: str
+    priority: int
+    addresses: list[str]
+    error: str
+    summary: dict[str, Any] | list[Any] | None
+    created_at: str
+    updated_at: str
+
+
+class ScanPage(BaseModel):
+    items: list[ScanBatch]
+    next_offset: int | None = Field(None, description="Pass as `offset` for the next page")
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, bool]
+
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def create_app(ctx: Context) -> FastAPI:
+    app = FastAPI(
+        title="osel",
+        version=__version__,
+        description="OpenStack Event Listener: exposure changes, scans and health.",
+    )
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "instance": ctx.instance}
+
+    @app.get(
+        "/readyz",
+        response_model=Ready,
+        responses={503: {"model": Ready}},
+        summary="Broker connected, store writable, Neutron answered recently",
+    )
+    async def readyz() -> JSONResponse:
+        checks = await ctx.ready()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        for sink, lag in (await ctx.lag()).items():
+            ctx.metrics.sink_lag.labels(sink).set(lag["behind"] or 0)
+            ctx.metrics.sink_age.labels(sink).set(lag["oldest_seconds"] or 0)
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/changes", response_model=ChangePage, summary="Change records, newest first")
+    async def list_changes(
+        since: datetime | None = None,
+        until: datetime | None = None,
+        project_id: str | None = None,
+        address: str | None = None,
+        after: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+        limit: Limit = 100,
+    ) -> dict[str, Any]:
+        page = await queries.changes(
+            ctx.store, queries.ChangeFilter(since, until, project_id, address, after, limit)
+        )
+        return {"items": page.items, "next_after": page.next_after}
+
+    @app.get("/v1/scans", response_model=ScanPage, summary="Scan batches, newest first")
+    async def list_scans(
+        since: datetime | None = None,
+        until: datetime | None = None,
+        state: str | None = None,
+        address: str | None = None,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        limit: Limit = 100,
+    ) -> dict[str, Any]:
+        page = await queries.scans(
+            ctx.store, queries.ScanFilter(since, until, state, address, offset, limit)
+        )
+        return {"items": page.items, "next_offset": page.next_after}
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/status")
+
+    @app.get("/status", response_class=HTMLResponse, summary="The status page")
+    async def status(request: Request) -> HTMLResponse:
+        from osel.http.status import render_status
+
+        return HTMLResponse(await render_status(ctx))
+
+    for add in ctx.extra_routes:
+        add(app)
+    return app
