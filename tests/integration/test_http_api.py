@@ -77,12 +77,11 @@ def _serve(db: Path, started: threading.Event, stop_flag: threading.Event, port:
         )
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
             await asyncio.sleep(0.02)
         port.append(server.port)
         started.set()
-        while not stop_flag.is_set():
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(stop_flag.wait)
         stop.set()
         await task
         await store.close()
