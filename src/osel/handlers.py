@@ -84,7 +84,7 @@ def _obj(payload: dict[str, Any], key: str) -> dict[str, Any] | None:
 def _build(factory: Callable[[dict[str, Any]], Any], data: dict[str, Any], key: str) -> Any:
     try:
         return factory(data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadMessage(f"payload.{key} has a missing or malformed field: {exc}") from exc
 
 

@@ -119,6 +119,9 @@ class Inventory:
         self.dirty.groups[sg_id] = None
 
     def put_rule(self, rule: Rule) -> None:
+        old = self.rules.get(rule.id)
+        if old is not None and old.security_group_id != rule.security_group_id:
+            self._rules_by_group[old.security_group_id].discard(rule.id)
         self.rules[rule.id] = rule
         self._rules_by_group[rule.security_group_id].add(rule.id)
         self.dirty.rules[rule.id] = rule

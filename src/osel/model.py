@@ -19,12 +19,56 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 def _opt_int(value: Any) -> int | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
     return int(value)
+
+
+def _port(value: Any) -> int | None:
+    port = _opt_int(value)
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return port
 
 
 def _opt_str(value: Any) -> str | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _id(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} is missing or not a non-empty string")
+    return value
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is a {type(value).__name__}, expected a list")
+    return value
+
+
+def _addresses(value: Any, key: str) -> tuple[str, ...]:
+    out = []
+    for entry in _list(value, key):
+        if not isinstance(entry, dict):
+            raise ValueError(f"an entry of {key} is not an object")
+        address = _opt_str(entry.get("ip_address"))
+        if address:
+            out.append(address)
+    return tuple(out)
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...], default: str) -> str:
+    if value is None or value == "":
+        return default
+    if value not in allowed:
+        raise ValueError(f"{key} is {value!r}, expected one of {', '.join(allowed)}")
     return str(value)
 
 
@@ -48,13 +92,13 @@ class Rule:
     def from_neutron(cls, data: dict[str, Any]) -> Rule:
         protocol = _opt_str(data.get("protocol"))
         return cls(
-            id=str(data["id"]),
-            security_group_id=str(data["security_group_id"]),
-            direction=str(data.get("direction") or "ingress"),
-            ethertype=str(data.get("ethertype") or "IPv4"),
+            id=_id(data.get("id"), "id"),
+            security_group_id=_id(data.get("security_group_id"), "security_group_id"),
+            direction=_choice(data.get("direction"), "direction", ("ingress", "egress"), "ingress"),
+            ethertype=_choice(data.get("ethertype"), "ethertype", ("IPv4", "IPv6"), "IPv4"),
             protocol=protocol.lower() if protocol else None,
-            port_range_min=_opt_int(data.get("port_range_min")),
-            port_range_max=_opt_int(data.get("port_range_max")),
+            port_range_min=_port(data.get("port_range_min")),
+            port_range_max=_port(data.get("port_range_max")),
             remote_ip_prefix=_opt_str(data.get("remote_ip_prefix")),
             remote_group_id=_opt_str(data.get("remote_group_id")),
             remote_address_group_id=_opt_str(data.get("remote_address_group_id")),
@@ -67,6 +111,10 @@ class Rule:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rule:
         return cls(**data)
+
+    def to_neutron(self) -> dict[str, Any]:
+        """The rule as Neutron's API and notifications show it (the fields osel keeps)."""
+        return {**asdict(self), "tenant_id": self.project_id}
 
     def audit_view(self) -> dict[str, Any]:
         """The `security_group_rule` object of an audit record."""
@@ -93,9 +141,9 @@ class SecurityGroup:
     @classmethod
     def from_neutron(cls, data: dict[str, Any]) -> SecurityGroup:
         return cls(
-            id=str(data["id"]),
+            id=_id(data.get("id"), "id"),
             project_id=_opt_str(data.get("project_id") or data.get("tenant_id")),
-            name=str(data.get("name") or ""),
+            name=_opt_str(data.get("name")) or "",
             revision_number=_opt_int(data.get("revision_number")),
         )
 
@@ -105,6 +153,13 @@ class SecurityGroup:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SecurityGroup:
         return cls(**data)
+
+    def to_neutron(self, rules: list[Rule] | None = None) -> dict[str, Any]:
+        """The group as Neutron shows it; with `rules`, its `security_group_rules` too."""
+        data: dict[str, Any] = {**asdict(self), "tenant_id": self.project_id}
+        if rules is not None:
+            data["security_group_rules"] = [r.to_neutron() for r in rules]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,22 +178,21 @@ class Port:
 
     @classmethod
     def from_neutron(cls, data: dict[str, Any]) -> Port:
-        fixed = tuple(
-            str(ip["ip_address"]) for ip in data.get("fixed_ips") or () if ip.get("ip_address")
-        )
-        pairs = tuple(
-            str(p["ip_address"])
-            for p in data.get("allowed_address_pairs") or ()
-            if p.get("ip_address")
-        )
         pse = data.get("port_security_enabled")
+        if pse is not None and not isinstance(pse, bool):
+            raise ValueError("port_security_enabled is not a boolean")
         return cls(
-            id=str(data["id"]),
-            fixed_ips=fixed,
-            security_groups=tuple(str(s) for s in data.get("security_groups") or ()),
-            port_security_enabled=True if pse is None else bool(pse),
-            allowed_address_pairs=pairs,
-            device_owner=str(data.get("device_owner") or ""),
+            id=_id(data.get("id"), "id"),
+            fixed_ips=_addresses(data.get("fixed_ips"), "fixed_ips"),
+            security_groups=tuple(
+                _id(sg, "security_groups[]")
+                for sg in _list(data.get("security_groups"), "security_groups")
+            ),
+            port_security_enabled=True if pse is None else pse,
+            allowed_address_pairs=_addresses(
+                data.get("allowed_address_pairs"), "allowed_address_pairs"
+            ),
+            device_owner=_opt_str(data.get("device_owner")) or "",
             network_id=_opt_str(data.get("network_id")),
             project_id=_opt_str(data.get("project_id") or data.get("tenant_id")),
             revision_number=_opt_int(data.get("revision_number")),
@@ -166,6 +220,21 @@ class Port:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_neutron(self) -> dict[str, Any]:
+        """The port as Neutron shows it (the fields osel keeps; `from_neutron` reads it back)."""
+        return {
+            "id": self.id,
+            "fixed_ips": [{"ip_address": ip} for ip in self.fixed_ips],
+            "security_groups": list(self.security_groups),
+            "port_security_enabled": self.port_security_enabled,
+            "allowed_address_pairs": [{"ip_address": ip} for ip in self.allowed_address_pairs],
+            "device_owner": self.device_owner,
+            "network_id": self.network_id,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "revision_number": self.revision_number,
+        }
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Port:
         return cls(
@@ -190,8 +259,8 @@ class FloatingIP:
     @classmethod
     def from_neutron(cls, data: dict[str, Any]) -> FloatingIP:
         return cls(
-            id=str(data["id"]),
-            floating_ip_address=str(data["floating_ip_address"]),
+            id=_id(data.get("id"), "id"),
+            floating_ip_address=_id(data.get("floating_ip_address"), "floating_ip_address"),
             port_id=_opt_str(data.get("port_id")),
             fixed_ip_address=_opt_str(data.get("fixed_ip_address")),
             project_id=_opt_str(data.get("project_id") or data.get("tenant_id")),
@@ -205,6 +274,10 @@ class FloatingIP:
     def from_json(cls, data: dict[str, Any]) -> FloatingIP:
         return cls(**data)
 
+    def to_neutron(self) -> dict[str, Any]:
+        """The floating IP as Neutron shows it (the fields osel keeps)."""
+        return {**asdict(self), "tenant_id": self.project_id}
+
 
 @dataclass(frozen=True, slots=True)
 class AddressGroup:
@@ -213,7 +286,8 @@ class AddressGroup:
 
     @classmethod
     def from_neutron(cls, data: dict[str, Any]) -> AddressGroup:
-        return cls(id=str(data["id"]), addresses=tuple(str(a) for a in data.get("addresses") or ()))
+        addresses = _list(data.get("addresses"), "addresses")
+        return cls(id=_id(data.get("id"), "id"), addresses=tuple(str(a) for a in addresses))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
