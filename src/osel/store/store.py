@@ -84,6 +84,37 @@ def _record_row(body: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+LEARNED_COLUMNS = (
+    t.audit_records.c.scan_batch_id,
+    t.audit_records.c.scan_state,
+    t.audit_records.c.qualys_scan_id,
+    t.audit_records.c.scan_result,
+)
+
+
+def learned(body: dict[str, Any], row: Any) -> dict[str, Any]:
+    """A change record as committed plus what it learned since, from the LEARNED_COLUMNS
+    of its row: its scan batch, scan reference, scan state and what the scan found for
+    its address (`scan_result`). The delivered copy keeps its values at commit time; the
+    scan records carry every change."""
+    if body.get("record_type") != "change":
+        return body
+    if row.scan_batch_id:
+        body["scan_batch_id"] = row.scan_batch_id
+    if row.qualys_scan_id:
+        body["qualys_scan_id"] = row.qualys_scan_id
+    if row.scan_state:
+        body["scan_state"] = row.scan_state
+    if row.scan_result:
+        result = dict(json.loads(row.scan_result))
+        error = result.pop("qualys_scan_error", "")
+        if error:
+            body["qualys_scan_error"] = error
+        if result:
+            body["scan_result"] = result
+    return body
+
+
 class Store:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -348,10 +379,13 @@ class Store:
             return [(row.id, row.body) for row in rows]
 
     async def tail(self, n: int) -> list[dict[str, Any]]:
+        """The newest records, change records with what they learned since (`learned`)."""
         r = t.audit_records
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(r.c.body).order_by(r.c.id.desc()).limit(n))
-            bodies = [json.loads(row.body) for row in rows]
+            rows = await conn.execute(
+                select(r.c.body, *LEARNED_COLUMNS).order_by(r.c.id.desc()).limit(n)
+            )
+            bodies = [learned(json.loads(row.body), row) for row in rows]
         return list(reversed(bodies))
 
     async def last_record_id(self) -> int:
@@ -392,6 +426,16 @@ class Store:
         q = t.quarantine
         async with self.engine.connect() as conn:
             return list(await conn.execute(select(q).order_by(q.c.id.desc()).limit(limit)))
+
+    async def quarantined(self, row_id: int) -> Any:
+        q = t.quarantine
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(q).where(q.c.id == row_id))).first()
+
+    async def mark_retried(self, row_id: int) -> None:
+        q = t.quarantine
+        async with self.engine.begin() as conn:
+            await conn.execute(update(q).where(q.c.id == row_id).values(retried_at=utcnow()))
 
     async def open_windows(self, address: str | None = None) -> list[Any]:
         w = t.exposure_windows

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData(
@@ -51,6 +52,10 @@ audit_records = Table(
     Column("scan_batch_id", String(36), nullable=True, index=True),
     Column("created_at", Stamp, nullable=False, index=True),
     Column("body", Text, nullable=False),
+    # what a change record learns after it was committed (its body is never rewritten):
+    # the scan reference once launched, and the scan's outcome for its address (JSON)
+    Column("qualys_scan_id", String(64), nullable=True, index=True),
+    Column("scan_result", Text, nullable=True),
 )
 
 sink_cursors = Table(
@@ -89,6 +94,43 @@ scan_batches = Table(
     Column("reference", String(64), nullable=True, index=True),
     Column("error", Text, nullable=True),
     Column("summary", Text, nullable=True),
+    # the launch: when the next step is due (a retry, the end of a launch lease), failures
+    # in a row, launch requests sent, and whether one may have reached the backend unseen
+    Column("due_at", Stamp, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("launch_attempts", Integer, nullable=False, server_default="0"),
+    Column("in_doubt", Boolean, nullable=False, server_default=false()),
+    Column("owner", String(255), nullable=True),
+    Column("launched_at", Stamp, nullable=True),
+    Column("finished_at", Stamp, nullable=True),
+    Column("qualys_id", String(32), nullable=True),
+    Column("qualys_state", String(64), nullable=True),
+    Column("address_errors", Text, nullable=True),  # JSON {address: why it is not scanned}
+)
+
+# The Qualys API budget, shared by every instance on the store: the newest rate-limit and
+# concurrency headers seen per API, and the calls osel made (to know when they age out of
+# the sliding window).
+qualys_budget = Table(
+    "qualys_budget",
+    metadata,
+    Column("api", String(64), primary_key=True),
+    Column("observed_at", Stamp, nullable=False),
+    Column("rate_limit", Integer, nullable=True),
+    Column("window_seconds", Integer, nullable=True),
+    Column("remaining", Integer, nullable=True),
+    Column("wait_until", Stamp, nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
+    Column("concurrency_running", Integer, nullable=True),
+)
+
+qualys_calls = Table(
+    "qualys_calls",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("api", String(64), nullable=False),
+    Column("at", Stamp, nullable=False),
+    Index("ix_qualys_calls_api_at", "api", "at"),
 )
 
 exposure_windows = Table(
