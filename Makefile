@@ -1,4 +1,4 @@
-.PHONY: setup demo test unit lint stack-down
+.PHONY: setup demo test unit lint stack-down reliability-report
 
 setup:            ## install dependencies and start the local Keystone + Neutron
 	./scripts/setup
@@ -13,7 +13,12 @@ unit:             ## unit tests only (no OpenStack needed)
 	uv run --frozen pytest -m "not integration" tests/unit
 
 lint:
-	uv run --frozen ruff check src tests scripts && uv run --frozen mypy
+	uv run --frozen ruff check src tests scripts simulators && uv run --frozen mypy
 
-stack-down:       ## stop the local Keystone + Neutron
+stack-down:       ## stop the local OpenStack (Keystone, Neutron, Ceilometer, Aodh) and rsyslog
+	bash scripts/openstack/aodh.sh down
 	bash scripts/openstack/stack.sh down
+	bash scripts/rsyslog.sh down
+
+reliability-report: ## write the last test run's figures into docs/reliability.md
+	uv run --frozen python scripts/reliability_report.py

@@ -104,11 +104,14 @@ class FakeSource:
             out.append(self.queue.get_nowait())
         return out
 
-    async def ack_through(self, delivery: FakeDelivery) -> None:
-        self.acked = delivery.delivery_tag
+    async def ack(self, deliveries: list[FakeDelivery]) -> None:
+        self.acked = max(self.acked, *(d.delivery_tag for d in deliveries))
 
     async def nack(self, delivery: FakeDelivery, requeue: bool = True) -> None:
         self.nacked.append(delivery.delivery_tag)
+        if requeue:
+            self.tag += 1
+            self.queue.put_nowait(FakeDelivery(delivery.body, self.tag))
 
     async def close(self) -> None:
         return None

@@ -21,6 +21,7 @@ import functools
 import logging
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,7 @@ class _Session:
     underlay: aiormq.abc.AbstractChannel
     lost: asyncio.Future[BaseException]
     started_at: float
-    outstanding: set[int] = field(default_factory=set)
+    outstanding: set[int] = field(default_factory=set)  # delivered, not yet settled
 
     def mark_lost(self, exc: BaseException | None) -> None:
         if not self.lost.done():
@@ -228,17 +229,36 @@ class AmqpSource:
                 return batch
         return []
 
-    async def ack_through(self, delivery: Delivery) -> None:
-        """Acknowledge every outstanding delivery up to and including this
-        one (basic.ack multiple). Does nothing if its connection is gone."""
-        session = self._session_for(delivery)
-        if session is None:
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge exactly these deliveries (those whose connection is gone
+        are skipped: the broker redelivers them).
+
+        One basic.ack(multiple) covers the finished tags below the lowest tag
+        still unfinished; finished tags above it are acknowledged one by one.
+        A multiple ack past an unfinished delivery would acknowledge a message
+        that was never processed (deliveries can reach the buffer out of tag
+        order), and it would be lost if the connection then dropped.
+        """
+        session = self._session
+        if session is None or not session.alive:
             return
-        tags = [t for t in session.outstanding if t <= delivery.delivery_tag]
-        if not tags:
+        finished = session.outstanding & {
+            d.delivery_tag for d in deliveries if d.generation == session.generation
+        }
+        if not finished:
             return  # already acknowledged (acking twice would close the channel)
-        session.outstanding.difference_update(tags)
-        await self._settle(session, "ack", max(tags), multiple=True)
+        unfinished = session.outstanding - finished
+        lowest = min(unfinished) if unfinished else None
+        prefix = {t for t in finished if lowest is None or t < lowest}
+        session.outstanding -= finished
+        if prefix:
+            await self._settle(session, "ack", max(prefix), multiple=True)
+        for tag in sorted(finished - prefix):
+            await self._settle(session, "ack", tag)
+
+    async def ack_through(self, delivery: Delivery) -> None:
+        """Acknowledge this one delivery (see `ack`)."""
+        await self.ack([delivery])
 
     async def nack(self, delivery: Delivery, requeue: bool = True) -> None:
         """Reject one delivery (basic.nack), requeued by default."""
@@ -247,6 +267,31 @@ class AmqpSource:
             return
         session.outstanding.discard(delivery.delivery_tag)
         await self._settle(session, "nack", delivery.delivery_tag, requeue=requeue)
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, headers: dict[str, str]
+    ) -> bool:
+        """Publish a persistent message on the live connection (`""`: the default
+        exchange). False, having sent nothing, when there is no connection."""
+        session = self._session
+        if session is None or not session.alive:
+            return False
+        # a channel of its own: a missing exchange closes it, not the consuming one
+        channel = await session.connection.channel(publisher_confirms=True)
+        try:
+            target = (
+                channel.default_exchange
+                if not exchange
+                else await channel.get_exchange(exchange, ensure=True)
+            )
+            message = aio_pika.Message(
+                body, headers=dict(headers), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            )
+            await target.publish(message, routing_key=routing_key, timeout=self._connect_timeout)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return True
 
     async def close(self) -> None:
         """Stop consuming and close the channel and connection. Unacked
@@ -554,3 +599,46 @@ async def _close_connection(connection: AbstractConnection) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(_CLOSE_TIMEOUT):
             await connection.close()
+
+
+async def publish_once(
+    endpoints: list[AmqpEndpoint],
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    connect_timeout: float = 10,
+    ssl_context: ssl.SSLContext | None = None,
+) -> str:
+    """Publish one persistent message through the first endpoint that answers
+    (for command-line tools); returns that endpoint's label."""
+    errors = []
+    for endpoint in endpoints:
+        try:
+            connection = await aio_pika.connect(
+                **endpoint.connect_kwargs(),
+                timeout=connect_timeout,
+                ssl_context=ssl_context if endpoint.ssl else None,
+            )
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            errors.append(f"{endpoint.label}: {describe_error(exc)}")
+            continue
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            target = (
+                channel.default_exchange
+                if not exchange
+                else await channel.get_exchange(exchange, ensure=True)
+            )
+            await target.publish(
+                aio_pika.Message(
+                    body, headers=dict(headers), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                ),
+                routing_key=routing_key,
+                timeout=connect_timeout,
+            )
+            return endpoint.label
+        finally:
+            await _close_connection(connection)
+    raise AmqpConnectError("; ".join(errors) or "no endpoint")

@@ -15,6 +15,7 @@ import yaml
 
 from osel import __version__, logs
 from osel.config import ConfigError, Settings, load_settings
+from osel.redact import secret_values
 
 T = TypeVar("T")
 
@@ -29,7 +30,7 @@ def _settings(config: str | None) -> Settings:
         click.echo(str(exc), err=True)
         click.echo("run `osel check-config` for details", err=True)
         sys.exit(2)
-    logs.setup(settings.service.log_level, settings.service.log_format)
+    logs.setup(settings.service.log_level, settings.service.log_format, secret_values(settings))
     return settings
 
 
@@ -164,6 +165,49 @@ def audit_tail(config: str | None, count: int) -> None:
         click.echo(json.dumps(record, sort_keys=True))
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+@audit.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per sink")
+def audit_status(config: str | None, as_json: bool) -> None:
+    """Per sink: records not yet delivered, the oldest one's age, its state and last error.
+
+    The state and error are those the daemon last recorded (ok, retrying,
+    stopped); exits 1 when a sink is stopped.
+    """
+    from osel.outbox import sink_status
+
+    settings = _settings(config)
+    ids = [s.sink_id for s in settings.audit.sinks]
+    rows = _with_store(settings, lambda s: sink_status(s, ids))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, sort_keys=True))
+    elif not rows:
+        click.echo("no audit sinks configured (audit.sinks is empty)")
+    else:
+        width = max(len(r["sink"]) for r in rows)
+        click.echo(f"{'sink':<{width}}  {'behind':>8}  {'oldest':>8}  state")
+        for r in rows:
+            since = f" since {r['since']}" if r["since"] and r["state"] != "ok" else ""
+            error = f": {r['error']}" if r["error"] else ""
+            click.echo(
+                f"{r['sink']:<{width}}  {r['behind']:>8}  {_age(r['oldest_seconds']):>8}  "
+                f"{r['state']}{since}{error}"
+            )
+    sys.exit(1 if any(r["state"] == "stopped" for r in rows) else 0)
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 def scans(ctx: click.Context) -> None:
@@ -172,42 +216,89 @@ def scans(ctx: click.Context) -> None:
         ctx.invoke(scans_list)
 
 
+def _when(stamp: Any) -> str:
+    return stamp.isoformat() if stamp is not None else ""
+
+
 def _batch_view(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
+        "title": row.title,
         "state": row.state,
+        "qualys_state": row.qualys_state or "",
         "backend": row.backend,
         "reference": row.reference or "",
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
+        "qualys_id": row.qualys_id or "",
+        "created_at": _when(row.created_at),
+        "updated_at": _when(row.updated_at),
+        "launched_at": _when(row.launched_at),
+        "finished_at": _when(row.finished_at),
         "priority": row.priority,
         "addresses": json.loads(row.addresses),
+        "address_errors": json.loads(row.address_errors) if row.address_errors else {},
         "error": row.error or "",
+        "launch_attempts": row.launch_attempts,
+        "launch_in_doubt": bool(row.in_doubt),
+        "summary": json.loads(row.summary) if row.summary else None,
     }
+
+
+def _targets(addresses: list[str], shown: int = 4) -> str:
+    more = f", +{len(addresses) - shown} more" if len(addresses) > shown else ""
+    return ", ".join(addresses[:shown]) + more
+
+
+def _results_line(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return ""
+    links = summary.get("change_links") or []
+    found = sorted({f"{x['address']} {p}" for x in links for p in x.get("found_open", [])})
+    vulns = " ".join(f"sev{k}:{v}" for k, v in (summary.get("vulnerabilities") or {}).items())
+    parts = [f"{len(summary.get('hosts') or {})} host(s) reported"]
+    if vulns:
+        parts.append(f"vulnerabilities {vulns}")
+    if found:
+        parts.append("opened and found open: " + ", ".join(found[:6]))
+    return "; ".join(parts)
 
 
 @scans.command("list")
 @config_option
 @click.option("-n", "count", default=50, show_default=True)
 def scans_list(config: str | None = None, count: int = 50) -> None:
-    """List scan batches, newest first."""
+    """List scan batches, newest first: state, reference, targets, errors, results."""
+    from osel.qualys.budget import Budget
     from osel.scheduler import DryRunBackend, Scheduler
 
     settings = _settings(config)
 
-    async def fetch(store: Any) -> list[Any]:
+    async def fetch(store: Any) -> tuple[list[Any], list[dict[str, Any]]]:
         sched = Scheduler(store, DryRunBackend(), window_seconds=0, max_targets=1, instance="")
-        return await sched.batches(count)
+        return await sched.batches(count), await Budget(store, min_remaining=0).snapshot()
 
-    rows = _with_store(settings, fetch)
+    rows, budget = _with_store(settings, fetch)
     if not rows:
         click.echo("no scan batches yet")
     for row in rows:
         v = _batch_view(row)
+        state = v["state"] + (f" ({v['qualys_state']})" if v["qualys_state"] else "")
         click.echo(
-            f"{v['created_at']}  {v['id']}  {v['state']:<9} {v['backend']:<8} "
-            f"{v['reference'] or '-':<24} {len(v['addresses'])} address(es)"
-            f"{'  error: ' + v['error'] if v['error'] else ''}"
+            f"{v['created_at']}  {v['id']}  {state:<9} {v['backend']:<8} "
+            f"{v['reference'] or '-':<24} {len(v['addresses'])} address(es): "
+            f"{_targets(v['addresses'])}"
+        )
+        results = _results_line(v["summary"])
+        if results:
+            click.echo(f"    results: {results}")
+        for address, why in sorted(v["address_errors"].items()):
+            click.echo(f"    not scanned: {address}: {why}")
+        if v["error"]:
+            click.echo(f"    error: {v['error']}")
+    for api in budget:
+        wait = f", waiting until {api['wait_until']}" if api["wait_until"] else ""
+        click.echo(
+            f"Qualys budget {api['api']}: {api['remaining']} of {api['rate_limit']} calls left "
+            f"per {api['window_seconds']}s (seen {api['observed_at']}){wait}"
         )
 
 
@@ -215,20 +306,33 @@ def scans_list(config: str | None = None, count: int = 50) -> None:
 @click.argument("ref")
 @config_option
 def scans_show(ref: str, config: str | None) -> None:
-    """Show one batch by its id or its Qualys reference."""
+    """Show one batch by its id or its Qualys reference, with its change records."""
     from osel.scheduler import DryRunBackend, Scheduler
 
     settings = _settings(config)
 
-    async def fetch(store: Any) -> list[Any]:
+    async def fetch(store: Any) -> tuple[Any, list[Any]] | None:
         sched = Scheduler(store, DryRunBackend(), window_seconds=0, max_targets=1, instance="")
-        return [r for r in await sched.batches(10_000) if ref in (r.id, r.reference)]
+        return await sched.find_batch(ref)
 
-    rows = _with_store(settings, fetch)
-    if not rows:
+    found = _with_store(settings, fetch)
+    if found is None:
         click.echo(f"no scan batch with id or reference {ref!r}", err=True)
         sys.exit(1)
-    click.echo(json.dumps(_batch_view(rows[0]), indent=2))
+    row, changes = found
+    view = _batch_view(row)
+    view["changes"] = [
+        {
+            "record_id": c.record_uuid,
+            "address": c.address,
+            "change_type": c.change_type or "",
+            "scan_state": c.scan_state or "",
+            "qualys_scan_id": c.qualys_scan_id or "",
+            "scan_result": json.loads(c.scan_result) if c.scan_result else None,
+        }
+        for c in changes
+    ]
+    click.echo(json.dumps(view, indent=2))
 
 
 @main.group(invoke_without_command=True)
@@ -248,10 +352,51 @@ def quarantine_list(config: str | None = None) -> None:
     if not rows:
         click.echo("quarantine is empty")
     for row in rows:
+        retried = f"  (retried {row.retried_at.isoformat()})" if row.retried_at else ""
         click.echo(
             f"{row.id:>6}  {row.received_at.isoformat()}  {row.source:<7} "
-            f"{row.event_type or '-':<36} {row.reason}"
+            f"{row.event_type or '-':<36} {row.reason}{retried}"
         )
+
+
+@quarantine.command("retry")
+@click.argument("row_id", metavar="ID", type=int)
+@config_option
+def quarantine_retry(row_id: int, config: str | None) -> None:
+    """Send one quarantined message through osel again (after a fix).
+
+    The message goes back into osel's own queue, so the running daemon (or the
+    next one to start) processes it like any other; if it fails again it is
+    quarantined again, as a new entry.
+    """
+    from osel.amqp import build_ssl_context, publish_once
+    from osel.transport_url import parse_transport_url
+
+    settings = _settings(config)
+    row = _with_store(settings, lambda s: s.quarantined(row_id))
+    if row is None:
+        click.echo(f"no quarantined message with id {row_id} (see osel quarantine list)", err=True)
+        sys.exit(1)
+    a = settings.amqp
+    endpoints = parse_transport_url(a.transport_url.get_secret_value())
+    context = (
+        build_ssl_context(a.ssl_ca_file, a.ssl_cert_file, a.ssl_key_file, a.ssl_verify)
+        if any(e.ssl for e in endpoints)
+        else None
+    )
+    broker = _run(
+        publish_once(
+            endpoints,
+            "",
+            a.queue,
+            bytes(row.body),
+            {"x-osel-retry-of": str(row_id)},
+            connect_timeout=a.connect_timeout,
+            ssl_context=context,
+        )
+    )
+    _with_store(settings, lambda s: s.mark_retried(row_id))
+    click.echo(f"quarantined message {row_id} sent to queue {a.queue} via {broker}")
 
 
 @main.group()
@@ -270,3 +415,78 @@ def db_upgrade(config: str | None) -> None:
 
     _with_store(settings, noop)
     click.echo("store is at the newest schema")
+
+
+@main.group()
+def aodh() -> None:
+    """Aodh event alarms that feed osel's webhook (docs/aodh.md)."""
+
+
+@aodh.command("setup")
+@config_option
+@click.option(
+    "--cloud",
+    default=None,
+    help="clouds.yaml entry to act as; needs the admin role "
+    "(default: openstack.cloud or openstack.auth)",
+)
+@click.option(
+    "--project",
+    "projects",
+    multiple=True,
+    help="Only this project id; repeat for several (default: every enabled project)",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be done, change nothing")
+@click.option("--prune", is_flag=True, help="Delete alarms with the prefix that are not wanted")
+def aodh_setup(
+    config: str | None, cloud: str | None, projects: tuple[str, ...], dry_run: bool, prune: bool
+) -> None:
+    """Create or update one set of event alarms per project, pointing at osel."""
+    from osel import aodh_setup as setup
+
+    settings = _settings(config)
+    errors, warnings = setup.webhook_problems(settings)
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    if errors:
+        for line in errors:
+            click.echo(f"osel: {line}", err=True)
+        sys.exit(2)
+    try:
+        api = setup.SdkAodhAdmin(setup.connect(settings, cloud))
+        chosen = sorted(set(projects)) or api.projects()
+        steps = setup.plan(
+            api.event_alarms(),
+            setup.wanted(settings, chosen),
+            prefix=settings.http.aodh_alarm_prefix,
+            prune=prune,
+        )
+        click.echo(f"webhook: {setup.masked_url(settings)}; {len(chosen)} project(s)")
+        for step in steps:
+            click.echo(("would " if dry_run and step.verb != "unchanged" else "") + step.describe())
+        if not dry_run:
+            setup.apply(api, steps)
+    except setup.AodhSetupError as exc:
+        click.echo(f"osel: {exc}", err=True)
+        sys.exit(1)
+    counts = {v: sum(1 for s in steps if s.verb == v) for v in dict.fromkeys(s.verb for s in steps)}
+    click.echo(
+        ("dry run: " if dry_run else "done: ")
+        + (", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing to do")
+    )
+
+
+@aodh.command("url")
+@click.argument("project_id")
+@config_option
+def aodh_url(project_id: str, config: str | None) -> None:
+    """Print the webhook URL of one project's alarms (it carries that project's token)."""
+    from osel.aodh import webhook_url
+
+    settings = _settings(config)
+    http = settings.http
+    if http.public_url is None:
+        click.echo("osel: http.public_url is not set; set it to the URL Aodh reaches osel at")
+        sys.exit(2)
+    secret = http.aodh_token.get_secret_value() if http.aodh_token is not None else None
+    click.echo(webhook_url(http.public_url, secret, project_id))

@@ -285,6 +285,15 @@ class ServiceSettings(_Model):
     max_message_bytes: int = Field(
         1048576, ge=1024, description="Larger notification bodies are quarantined"
     )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Failed handling attempts before a message is quarantined"
+    )
+    backoff_initial_seconds: float = Field(
+        1.0, gt=0, le=60, description="First retry delay of every reconnect/retry (full jitter)"
+    )
+    backoff_cap_seconds: float = Field(
+        60.0, ge=1, le=3600, description="Longest retry delay; also the outage log interval"
+    )
 
     @property
     def instance(self) -> str:
@@ -469,6 +478,9 @@ class QualysSettings(_Model):
     )
     option_id: int | None = Field(None, ge=1, description="Option profile id (or option_title)")
     scanner_name: str | None = _desc("iscanner_name; null = Qualys external scanners")
+    priority: int = Field(
+        0, ge=0, le=9, description="Scan processing priority: 0 none, 1 emergency ... 9 low"
+    )
     proxy_url: SecretUrl | None = _desc("HTTP(S) proxy URL (may carry a password)")
     min_remaining: int = Field(5, ge=0, description="Stop launching while fewer API calls remain")
     follow: bool = Field(True, description="Poll scans to their end")
@@ -665,15 +677,59 @@ class HttpSettings(_Model):
 
     bind: str = Field("127.0.0.1:9797", description="host:port, IPv6 as [::1]:9797")
     enabled: bool = Field(True, description="Serve HTTP")
-    aodh_token: SecretStr | None = _desc("Aodh posts to /v1/aodh/<token> (secret)")
+    aodh_token: SecretStr | None = _desc(
+        "Secret of the Aodh webhook: each project's alarms post to /v1/aodh/<token>, "
+        "a token derived from it (osel aodh setup); null: no path token (secret)"
+    )
     aodh_token_file: SecretPath = _desc("File holding aodh_token")
-    keystone_validate: bool = Field(False, description="Validate X-Auth-Token with Keystone")
+    keystone_validate: bool = Field(
+        False, description="Aodh webhook: require an X-Auth-Token that Keystone validates"
+    )
+    keystone_users: list[Name] = Field(
+        [],
+        description="Keystone users (names or ids) whose tokens the Aodh webhook accepts; "
+        "for trust+http(s) actions, the user that ran osel aodh setup",
+    )
+    public_url: str | None = _desc(
+        "The URL Aodh reaches this endpoint at, e.g. https://osel.example.com:9797; "
+        "trust+https://... makes Aodh send a Keystone token (osel aodh setup)"
+    )
+    aodh_alarm_prefix: Name = Field(
+        "osel", description="Name prefix of the Aodh alarms osel aodh setup manages"
+    )
 
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
         split_host_port(value)
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https", "trust+http", "trust+https") or not parts.netloc:
+            raise ValueError(
+                "must be an http://, https://, trust+http:// or trust+https:// URL, "
+                "e.g. https://osel.example.com:9797"
+            )
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError("give scheme://host:port[/path] only: no user, query or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _keystone_users(self) -> Self:
+        if self.keystone_validate and not self.keystone_users:
+            raise _invalid(
+                {
+                    "keystone_users": "required when keystone_validate is true: the Keystone "
+                    "user(s) whose tokens Aodh sends (with trust+ actions, the user that "
+                    "ran osel aodh setup)"
+                }
+            )
+        return self
 
     @property
     def host(self) -> str:

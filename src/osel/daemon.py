@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from osel.backoff import BackoffPolicy, OutageLog, describe_error
 from osel.config import Settings
@@ -26,7 +26,7 @@ from osel.http.server import HttpServer
 from osel.inventory import Inventory
 from osel.neutron import NeutronAPI, NeutronUnavailable
 from osel.outbox import Outbox
-from osel.pipeline import Item, Pipeline, Stats
+from osel.pipeline import HandlingFailed, Item, Pipeline, Stats
 from osel.resolver import Resolver
 from osel.resync import load_snapshot, reconcile
 from osel.scheduler import DryRunBackend, ScanBackend, Scheduler
@@ -37,6 +37,7 @@ from osel.store.store import Batch, Store
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PROBE_ID = "00000000-0000-0000-0000-000000000000"  # asked for to see that Neutron answers
 
 
@@ -47,7 +48,7 @@ class Source(Protocol):
 
     async def get_batch(self, max_messages: int, max_wait: float) -> list[Any]: ...
 
-    async def ack_through(self, delivery: Any) -> None: ...
+    async def ack(self, deliveries: Any) -> None: ...
 
     async def nack(self, delivery: Any, requeue: bool = True) -> None: ...
 
@@ -63,25 +64,29 @@ def decision_rules(settings: Settings) -> Rules:
 
 
 def build_sinks(settings: Settings) -> list[Sink]:
+    from osel.sinks.hec import HecSink
+    from osel.sinks.syslog import SyslogSink
+
+    instance = settings.service.instance
     sinks: list[Sink] = []
     for sink in settings.audit.sinks:
         if sink.type == "file":
             sinks.append(FileSink(sink.path, fsync=sink.fsync, sink_id=sink.sink_id))
+        elif sink.type == "syslog":
+            sinks.append(SyslogSink.from_settings(sink, hostname=instance))
         else:
-            raise SystemExit(
-                f"audit.sinks: type {sink.type!r} ({sink.sink_id}) is not available in this "
-                "version; use type: file"
-            )
+            sinks.append(HecSink.from_settings(sink, instance=instance))
     return sinks
 
 
-def build_backend(settings: Settings) -> ScanBackend:
+def build_backend(
+    settings: Settings, store: Store, backoff: BackoffPolicy | None = None
+) -> ScanBackend:
     if settings.scan.backend == "dry-run":
         return DryRunBackend()
-    raise SystemExit(
-        "scan.backend: 'qualys' is not available in this version; set scan.backend: dry-run "
-        "(records what would be scanned)"
-    )
+    from osel.qualys.backend import QualysBackend
+
+    return QualysBackend(settings.qualys, store, backoff=backoff)
 
 
 def build_neutron(settings: Settings) -> NeutronAPI:
@@ -107,7 +112,7 @@ def build_neutron(settings: Settings) -> NeutronAPI:
     )
 
 
-def build_source(settings: Settings) -> Source:
+def build_source(settings: Settings, backoff: BackoffPolicy) -> Source:
     from osel.amqp import AmqpSource
     from osel.transport_url import parse_transport_url
 
@@ -126,6 +131,7 @@ def build_source(settings: Settings) -> Source:
         ssl_cert_file=a.ssl_cert_file,
         ssl_key_file=a.ssl_key_file,
         ssl_verify=a.ssl_verify,
+        backoff=backoff,
     )
 
 
@@ -143,7 +149,12 @@ class Daemon:
         self.inventory = Inventory()
         self.neutron = neutron if neutron is not None else build_neutron(settings)
         self.source = source
-        self.backoff = backoff or BackoffPolicy()
+        self.backoff = backoff or BackoffPolicy(
+            initial=min(
+                settings.service.backoff_initial_seconds, settings.service.backoff_cap_seconds
+            ),
+            cap=settings.service.backoff_cap_seconds,
+        )
         self.resolver = Resolver(self.inventory, self.neutron)
         self.instance = settings.service.instance
         self.pipeline = Pipeline(
@@ -153,13 +164,16 @@ class Daemon:
             decision_rules(settings),
             instance=self.instance,
             max_message_bytes=settings.service.max_message_bytes,
+            max_attempts=settings.service.max_attempts,
         )
         self.scheduler = Scheduler(
             self.store,
-            build_backend(settings),
+            build_backend(settings, self.store, self.backoff),
             window_seconds=settings.scan.window_seconds,
             max_targets=settings.scan.max_targets,
             instance=self.instance,
+            cooldown_minutes=settings.scan.cooldown_minutes,
+            backoff=self.backoff,
         )
         self.outbox = Outbox(self.store, build_sinks(settings), backoff=self.backoff)
         self.lock = asyncio.Lock()
@@ -168,6 +182,7 @@ class Daemon:
         self.metrics = Metrics(self.health)
         self.caught_up = False
         self.neutron_outage = OutageLog("neutron", log, cap=self.backoff.cap)
+        self.store_outage = OutageLog("store", log, cap=self.backoff.cap)
 
     # --- start-up ----------------------------------------------------------
 
@@ -218,6 +233,8 @@ class Daemon:
                 await self._reload_inventory()
                 raise
         self.health.report("store", True)
+        if batch.quarantined:
+            await self._dead_letter(batch.quarantined)
         self.stats.add(stats)
         self.metrics.observe(stats, time.monotonic() - started)
         self.metrics.revision_gaps.set(self.resolver.revision_gaps)
@@ -226,6 +243,30 @@ class Daemon:
             self.metrics.deferred.set(await self.store.deferred_count())
         self.outbox.wake.set()
         return stats
+
+    async def _dead_letter(self, quarantined: list[dict[str, Any]]) -> None:
+        """Copy quarantined messages to amqp.dead_letter_exchange, when there is one.
+
+        The store's quarantine table is the record; this copy is for tools that
+        watch the broker, and is given up (with one warning) when it cannot be sent.
+        """
+        dlx = self.settings.amqp.dead_letter_exchange
+        publish = getattr(self.source, "publish", None)
+        if not dlx or publish is None:
+            return
+        for q in quarantined:
+            headers = {"x-osel-reason": q["reason"][:1000], "x-osel-source": q["source"]}
+            try:
+                await publish(dlx, self.settings.amqp.queue, q["body"], headers)
+            except Exception as exc:
+                log.warning(
+                    "could not copy a quarantined message to the dead-letter exchange "
+                    "%r (amqp.dead_letter_exchange): %s; it stays in the quarantine "
+                    "table",
+                    dlx,
+                    describe_error(exc),
+                )
+                return
 
     async def _reload_inventory(self) -> None:
         """After a failed commit the in-memory inventory is ahead of the store: rebuild it."""
@@ -238,7 +279,9 @@ class Daemon:
         wait = self.settings.service.batch_wait_ms / 1000
         failures = 0
         while not stop.is_set():
-            deliveries = await self.source.get_batch(size, wait)
+            deliveries = await _until_stopped(self.source.get_batch(size, wait), stop)
+            if deliveries is None:
+                return  # stopping: take nothing more; what is unacknowledged comes back
             self.health.report("amqp", bool(getattr(self.source, "connected", True)))
             if not deliveries:
                 self.caught_up = True
@@ -247,20 +290,31 @@ class Daemon:
             items = [Item(d.body, "amqp", d.broker) for d in deliveries]
             try:
                 await self.process(items)
-            except Exception:
+            except HandlingFailed as exc:
                 failures += 1
-                log.exception(
-                    "could not commit a batch of %d message(s); they stay "
-                    "unacknowledged and come back",
+                log.warning(
+                    "%s; the batch of %d message(s) returns to the queue, and the "
+                    "message is quarantined after service.max_attempts tries",
+                    exc,
                     len(deliveries),
                 )
                 for d in deliveries:
                     await self.source.nack(d, requeue=True)
-                await _sleep(stop, min(self.backoff.cap, self.backoff.initial * 2**failures))
+                await _sleep(stop, self.backoff.delay(failures))
+                continue
+            except Exception as exc:
+                # the store is failing: messages stay unacknowledged and come back; the
+                # outage is logged once, then summarised once per backoff cap
+                failures += 1
+                self.store_outage.failed(exc)
+                for d in deliveries:
+                    await self.source.nack(d, requeue=True)
+                await _sleep(stop, self.backoff.delay(failures))
                 continue
             failures = 0
+            self.store_outage.recovered()
             crash_point("before_ack")
-            await self.source.ack_through(deliveries[-1])
+            await self.source.ack(deliveries)
 
     async def retry_deferred(self, stop: asyncio.Event) -> None:
         attempt = 0
@@ -294,6 +348,21 @@ class Daemon:
                 log.exception("scan scheduler failed; retrying")
             await _sleep(stop, period)
 
+    async def follow_scans(self, stop: asyncio.Event) -> None:
+        """Poll launched scans to their end, every qualys.poll_seconds (qualys.follow)."""
+        if not self.scheduler.backend.follows:
+            return
+        while not stop.is_set():
+            try:
+                await self.scheduler.follow()
+            except Exception:
+                log.exception("following scans failed; retrying")
+            delay = self.settings.qualys.poll_seconds
+            outage = self.scheduler.outage
+            if outage.is_down:
+                delay = max(delay, self.backoff.delay(outage.attempts))
+            await _sleep(stop, delay)
+
     async def probe_neutron(self, stop: asyncio.Event, every: float = 60.0) -> None:
         """Ask Neutron something cheap now and then, so readiness says whether it answers."""
         while not stop.is_set():
@@ -322,8 +391,16 @@ class Daemon:
         return await queries.sink_lag(self.store, [s.sink_id for s in self.outbox.sinks])
 
     def http_server(self) -> HttpServer:
+        from osel.aodh_route import aodh_routes
+
         ctx = Context(
-            self.store, self.health, self.metrics, self.ready, self.lag, instance=self.instance
+            self.store,
+            self.health,
+            self.metrics,
+            self.ready,
+            self.lag,
+            instance=self.instance,
+            extra_routes=[aodh_routes(self.settings, self.neutron, self.process)],
         )
         http = self.settings.http
         return HttpServer(create_app(ctx), http.host, http.port)
@@ -374,12 +451,13 @@ class Daemon:
         workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         if self.settings.amqp.enabled:
             if self.source is None:
-                self.source = build_source(self.settings)
+                self.source = build_source(self.settings, self.backoff)
             await self.source.start()
             workers.append(self.consume)
         workers += [
             self.retry_deferred,
             self.schedule,
+            self.follow_scans,
             self.resync,
             self.probe_neutron,
         ]
@@ -422,6 +500,7 @@ class Daemon:
         if self.source is not None:
             await self.source.close()
         await self.neutron.close()
+        await self.scheduler.backend.close()
         for sink in self.outbox.sinks:
             await sink.close()
         await self.store.close()
@@ -429,6 +508,22 @@ class Daemon:
     async def _flush(self) -> None:
         for sink in self.outbox.sinks:
             await self.outbox.drain_once(sink)
+
+
+async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """The result of `work`, or None (with `work` cancelled) if `stop` is set first."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

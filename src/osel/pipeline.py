@@ -17,7 +17,7 @@ from typing import Any
 
 from osel.decide import Rules, decide
 from osel.decode import BadMessage, decode
-from osel.handlers import HANDLERS
+from osel.handlers import HANDLERS, Change
 from osel.inventory import Inventory
 from osel.model import Notification
 from osel.neutron import NeutronUnavailable
@@ -25,6 +25,14 @@ from osel.resolver import Resolver
 from osel.store.store import Batch, Store
 
 log = logging.getLogger(__name__)
+
+
+class HandlingFailed(Exception):
+    """A handler raised something unexpected; the batch must not be committed."""
+
+    def __init__(self, message_id: str, event_type: str, attempt: int, error: str) -> None:
+        super().__init__(f"{event_type} {message_id}: attempt {attempt} failed: {error}")
+        self.message_id = message_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,7 @@ class Pipeline:
         *,
         instance: str,
         max_message_bytes: int | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.store = store
         self.inventory = inventory
@@ -82,6 +91,8 @@ class Pipeline:
         self.instance = instance
         self.max_message_bytes = max_message_bytes
         self.deferring = False  # while True, relevant messages queue up behind the deferred ones
+        self.max_attempts = max_attempts
+        self.failures: dict[str, tuple[int, str]] = {}  # message id -> (attempts, last error)
 
     def _decode(self, item: Item) -> Notification | BadMessage:
         try:
@@ -110,8 +121,7 @@ class Pipeline:
         if isinstance(n, BadMessage):
             self._quarantine(item, n.reason, batch, None)
             return "quarantined"
-        handler = HANDLERS.get(n.event_type)
-        if handler is None:
+        if n.event_type not in HANDLERS:
             return "ignored"
         if n.message_id in seen:
             if item.deferred_id is not None:
@@ -120,8 +130,22 @@ class Pipeline:
         if self.deferring and item.deferred_id is None:
             self._defer(item, "waiting behind earlier changes that need Neutron", batch)
             return "deferred"
+        outcome = await self._handle(item, n, batch)
+        if isinstance(outcome, str):
+            return outcome
+        seen.add(n.message_id)
+        self._record(item, n, outcome, batch, stats)
+        return "recorded" if outcome else "no_change"
+
+    async def _handle(self, item: Item, n: Notification, batch: Batch) -> list[Change] | str:
+        """The handler's changes, or the outcome that replaced them."""
+        attempts, last_error = self.failures.get(n.message_id, (0, ""))
+        if attempts >= self.max_attempts:
+            self._quarantine(item, f"handling failed {attempts} times: {last_error}", batch, n)
+            del self.failures[n.message_id]
+            return "quarantined"
         try:
-            changes = await handler(n, self.inventory, self.resolver)
+            return await HANDLERS[n.event_type](n, self.inventory, self.resolver)
         except NeutronUnavailable as exc:
             if item.deferred_id is None:
                 self._defer(item, str(exc), batch)
@@ -130,7 +154,16 @@ class Pipeline:
         except BadMessage as exc:
             self._quarantine(item, exc.reason, batch, n)
             return "quarantined"
-        seen.add(n.message_id)
+        except Exception as exc:
+            # a bug or a shape nobody foresaw: fail the batch (nothing is committed, the
+            # messages come back), and quarantine this one after max_attempts tries
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self.failures[n.message_id] = (attempts + 1, error)
+            raise HandlingFailed(n.message_id, n.event_type, attempts + 1, error) from exc
+
+    def _record(
+        self, item: Item, n: Notification, changes: list[Change], batch: Batch, stats: Stats
+    ) -> None:
         batch.message_ids.append((n.message_id, n.event_type))
         if item.deferred_id is not None:
             batch.undeferred.append(item.deferred_id)
@@ -145,7 +178,6 @@ class Pipeline:
             stats.targets += len(decision.targets)
         if changes:
             stats.change_times.append(epoch(n.timestamp))
-        return "recorded" if changes else "no_change"
 
     def _quarantine(self, item: Item, reason: str, batch: Batch, n: Notification | None) -> None:
         log.warning("quarantined a message from %s: %s", item.source, reason)

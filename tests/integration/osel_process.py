@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import yaml
 from tests.integration.neutron_fixtures import clouds_yaml, unique
 
 Record = dict[str, Any]
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 def free_port() -> int:
@@ -28,7 +30,7 @@ def free_port() -> int:
 
 
 def delete_queue(name: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         conn.channel().queue_delete(name)
     finally:
@@ -70,6 +72,7 @@ class OselProcess:
         full_env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds_yaml())}
         full_env.pop("OSEL_CRASH_AT", None)
         full_env.update(env or {})
+        offset = len(self.log.read_text(errors="replace")) if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "osel", "run", "-c", str(self.config)],
@@ -77,7 +80,12 @@ class OselProcess:
                 stderr=subprocess.STDOUT,
                 env=full_env,
             )
-        self.wait_for_log("running", after=0)
+        # ready means consuming: a message published to its queue before osel has
+        # declared it would be dropped by the broker (unroutable)
+        amqp = yaml.safe_load(self.config.read_text()).get("amqp", {})
+        self.wait_for_log(
+            "amqp connected" if amqp.get("enabled", True) else "running", after=offset
+        )
 
     def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -110,6 +118,19 @@ class OselProcess:
                 return [r for r in self.records() if match(r)]
             time.sleep(0.2)
         raise AssertionError(f"{len(found)} of {count} records after {timeout}s:\n{self.tail()}")
+
+    def store_records(self) -> list[Record]:
+        """Every audit record committed in the store (the source of truth)."""
+        with sqlite3.connect(self.workdir / "osel.db") as db:
+            rows = db.execute("SELECT body FROM audit_records ORDER BY id").fetchall()
+        return [json.loads(body) for (body,) in rows]
+
+    def queue_depth(self) -> int:
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            return int(conn.channel().queue_declare(self.queue, passive=True).method.message_count)
+        finally:
+            conn.close()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -245,10 +245,10 @@ async def test_receive_ack_and_redelivery(
     again = await source.get_batch(10, 0.3)
     assert [d.body for d in again] == [b"a", b"b", b"c"]
     assert all(d.redelivered and d.generation == 2 for d in again)
-    await source.ack_through(batch[-1])  # stale generation: ignored, harmless
+    await source.ack(batch)  # stale generation: ignored, harmless
     assert source.connected
 
-    await source.ack_through(again[-1])
+    await source.ack(again)
     await publish(admin, names.exchange, names.routing_key, ["d"])
     [d] = await source.get_batch(10, 0.1)
     assert d.body == b"d"
@@ -292,7 +292,7 @@ async def test_shared_queue_consumer_gets_everything(
     while len(osel) < len(bodies):
         batch = await asyncio.wait_for(source.get_batch(100, 0.05), 5)
         osel.extend(d.body for d in batch)
-        await source.ack_through(batch[-1])
+        await source.ack(batch)
     await until(lambda: len(ceilometer) == len(bodies))
 
     expected = [b.encode() for b in bodies]
@@ -348,7 +348,7 @@ async def test_reconnects_after_cuts_and_refusals(
             batch = await source.get_batch(25, 0.02)
             seen.update(d.body for d in batch)
             generations.update(d.generation for d in batch)
-            await source.ack_through(batch[-1])
+            await source.ack(batch)
 
     consuming = asyncio.create_task(consumer())
     producing = asyncio.create_task(producer())
@@ -401,7 +401,7 @@ async def test_ack_batching_with_prefetch(
     names: Names,
     source_factory: SourceFactory,
 ) -> None:
-    """prefetch 10, 100 messages, ack_through every 10th: all acked."""
+    """prefetch 10, 100 messages, acked ten at a time: all acked, in batches of <= 10."""
     source = await source_factory(prefetch=10)
     await until(lambda: source.connected)
     await publish(admin, names.exchange, names.routing_key, [f"p{i}" for i in range(100)])
@@ -411,10 +411,15 @@ async def test_ack_batching_with_prefetch(
     while len(received) < 100:
         batch = await asyncio.wait_for(source.get_batch(100, 0.05), 5)
         largest = max(largest, len(batch))
+        pending: list[Delivery] = []
         for delivery in batch:
             received.append(delivery)
+            pending.append(delivery)
             if len(received) % 10 == 0:
-                await source.ack_through(delivery)
+                await source.ack(pending)
+                pending = []
+        if pending:
+            await source.ack(pending)
 
     assert largest <= 10
     assert [d.body for d in received] == [f"p{i}".encode() for i in range(100)]
@@ -528,3 +533,24 @@ def test_tls_context_errors_name_the_key(tmp_path: Path) -> None:
         build_ssl_context(str(tmp_path / "missing.pem"), None, None, verify=True)
     with pytest.raises(ValueError, match=r"amqp\.ssl_cert_file"):
         build_ssl_context(None, str(tmp_path / "missing.pem"), None, verify=True)
+
+
+async def test_finished_deliveries_are_acknowledged_exactly(
+    admin: AbstractChannel,
+    names: Names,
+    source_factory: SourceFactory,
+) -> None:
+    """A delivery still being worked on is never covered by a multiple ack of later ones."""
+    source = await source_factory(prefetch=10)
+    await until(lambda: source.connected)
+    await publish(admin, names.exchange, names.routing_key, ["a", "b", "c", "d"])
+    batch = await asyncio.wait_for(source.get_batch(4, 0.3), 5)
+    assert [d.body for d in batch] == [b"a", b"b", b"c", b"d"]
+    await source.ack([batch[0], batch[2], batch[3]])  # "b" not finished yet
+    await source.close()  # "b" (and only "b") comes back
+    reopened = await source_factory()
+    again = await asyncio.wait_for(reopened.get_batch(10, 0.3), 5)
+    assert [d.body for d in again] == [b"b"]
+    await reopened.ack(again)
+    await reopened.close()
+    assert await ready_count(admin, names.queue) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -66,13 +67,19 @@ def test_sigkill_around_the_commit_loses_and_repeats_nothing(
 
 
 def test_a_ceilometer_style_consumer_keeps_receiving_everything(admin, cleanup, osel):
+    """A consumer bound the way Ceilometer binds (exchange neutron, key
+    notifications.info) gets every notification while osel consumes its own queue.
+
+    (The test stack's real Ceilometer, when it runs, consumes the shared
+    notifications.info queue itself, so the test binds a queue of its own with
+    the same binding rather than competing with it.)
+    """
     params = pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F")
     conn = pika.BlockingConnection(params)
     channel = conn.channel()
-    # Ceilometer consumes the queue the oslo notifier itself declares
-    channel.queue_declare("notifications.info", durable=False)
-    channel.queue_bind("notifications.info", "neutron", "notifications.info")
-    channel.queue_purge("notifications.info")
+    theirs_queue = f"ceilometer-like-{uuid.uuid4().hex[:8]}"
+    channel.queue_declare(theirs_queue, exclusive=True)
+    channel.queue_bind(theirs_queue, "neutron", "notifications.info")
     osel.start()
     ips, rule_id = build(admin, cleanup)
     osel.wait_records(
@@ -81,7 +88,7 @@ def test_a_ceilometer_style_consumer_keeps_receiving_everything(admin, cleanup, 
     )
     theirs: set[str] = set()
     while True:
-        method, _props, body = channel.basic_get("notifications.info", auto_ack=True)
+        method, _props, body = channel.basic_get(theirs_queue, auto_ack=True)
         if method is None:
             break
         envelope = json.loads(body)

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -91,7 +92,8 @@ def _serve(db: Path, started: threading.Event, stop_flag: threading.Event, port:
 
 @pytest.fixture(scope="module")
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    started, stop_flag, port = threading.Event(), threading.Event(), []
+    started, stop_flag = threading.Event(), threading.Event()
+    port: list[int] = []
     thread = threading.Thread(
         target=_serve,
         args=(tmp_path_factory.mktemp("api") / "osel.db", started, stop_flag, port),
@@ -111,7 +113,7 @@ def test_api_conforms_to_its_openapi_document(api_url: str) -> None:
     operations are driven through hypothesis directly.)
     """
     schema = schemathesis.openapi.from_url(f"{api_url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert {op.path for op in operations} >= {"/v1/changes", "/v1/scans", "/readyz", "/metrics"}
     checked = 0
     for operation in operations:
@@ -120,7 +122,7 @@ def test_api_conforms_to_its_openapi_document(api_url: str) -> None:
             max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         @given(case=operation.as_strategy())
-        def run(case: schemathesis.Case) -> None:
+        def run(case: Any) -> None:
             case.call_and_validate()
 
         run()

@@ -107,6 +107,8 @@ http:
   bind: "[::1]:9797"
   aodh_token: tok
   keystone_validate: true
+  keystone_users: [admin]
+  public_url: "trust+https://osel.example.com:9797"
 """
 
 

@@ -104,6 +104,16 @@ async def test_a_failed_commit_acks_nothing_and_rebuilds_the_inventory(tmp_path:
         await real_commit(batch)
 
     daemon.store.commit = flaky  # type: ignore[method-assign]
+    reloads = 0
+    real_reload = daemon._reload_inventory
+
+    async def spy() -> None:
+        nonlocal reloads
+        reloads += 1
+        await real_reload()
+        assert "r1" not in daemon.inventory.rules  # the failed batch's effects are gone
+
+    daemon._reload_inventory = spy  # type: ignore[method-assign]
     stop = asyncio.Event()
     consumer = asyncio.create_task(daemon.consume(stop))
     source.publish(
@@ -113,9 +123,50 @@ async def test_a_failed_commit_acks_nothing_and_rebuilds_the_inventory(tmp_path:
             )
         )
     )
-    await wait_for(lambda: source.nacked == [1])
-    assert source.acked == 0
-    assert "r1" not in daemon.inventory.rules  # the failed batch's effects are gone
+    await wait_for(lambda: source.acked == 2)  # returned (tag 1), redelivered (tag 2), done
+    assert source.nacked == [1] and reloads == 1
+    records = await daemon.store.tail(100)
+    assert len([r for r in records if r["record_type"] == "change"]) == 2  # once, not twice
+    stop.set()
+    await consumer
+    await daemon.store.close()
+
+
+async def test_a_poison_message_is_quarantined_after_bounded_attempts(tmp_path: Path, monkeypatch):
+    from osel import handlers
+
+    async def explode(n, inv, res):
+        raise RuntimeError("a handler bug")
+
+    monkeypatch.setitem(handlers.HANDLERS, "port.delete.end", explode)
+    source = FakeSource()
+    daemon = Daemon(
+        settings(tmp_path),
+        neutron=neutron_world(),
+        source=source,
+        backoff=BackoffPolicy(initial=0.01, cap=0.02),
+    )
+    await daemon.prepare()
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(daemon.consume(stop))
+    source.publish(m.envelope(m.notification("port.delete.end", {"port_id": "p1"})))
+    source.publish(
+        m.envelope(
+            m.notification(
+                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
+            )
+        )
+    )
+    rows: list[Any] = []
+    async with asyncio.timeout(10):
+        while not rows or "r1" not in daemon.inventory.rules:
+            rows = await daemon.store.quarantine_list()
+            await asyncio.sleep(0.05)
+    (row,) = rows
+    assert row.event_type == "port.delete.end"
+    assert "handling failed 3 times: RuntimeError: a handler bug" in row.reason
+    # three tries, each returning the whole batch (one or both messages) to the broker
+    assert 3 <= len(source.nacked) <= 6
     stop.set()
     await consumer
     await daemon.store.close()

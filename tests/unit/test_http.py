@@ -95,8 +95,9 @@ async def test_changes_filter_and_page(client: httpx.AsyncClient):
     assert len(everything["items"]) == 6 and everything["next_after"] is None
     one = (await client.get("/v1/changes", params={"address": "203.0.113.10"})).json()["items"]
     assert {c["change_type"] for c in one} == {"sg_rule_add"} and len(one) == 2
-    queued = next(c for c in one if c["scan_state"] == "queued")
+    queued = next(c for c in one if c["scan_batch_id"])  # the one that was queued for a scan
     assert queued["scan_batch_state"] == "launched"  # the record learnt its batch
+    assert queued["scan_state"] == "launched"
     first = (await client.get("/v1/changes", params={"limit": 4})).json()
     rest = (await client.get("/v1/changes", params={"after": first["next_after"]})).json()
     ids = [c["id"] for c in first["items"] + rest["items"]]

@@ -11,7 +11,7 @@ from sqlalchemy import and_, func, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from osel.store import tables as t
-from osel.store.store import Store
+from osel.store.store import LEARNED_COLUMNS, Store, learned
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,13 @@ async def changes(store: Store, f: ChangeFilter) -> Page:
         cond.append(r.c.id < f.after)
     b = t.scan_batches
     query = (
-        select(r.c.id, r.c.body, r.c.scan_batch_id, b.c.state, b.c.reference, b.c.error)
+        select(
+            r.c.id,
+            r.c.body,
+            *LEARNED_COLUMNS,
+            b.c.state.label("batch_state"),
+            b.c.error.label("batch_error"),
+        )
         .select_from(r.outerjoin(b, b.c.id == r.c.scan_batch_id))
         .where(and_(*cond))
         .order_by(r.c.id.desc())
@@ -56,13 +62,11 @@ async def changes(store: Store, f: ChangeFilter) -> Page:
         rows = list(await conn.execute(query))
     items = []
     for row in rows[: f.limit]:
-        body = json.loads(row.body)
+        body = learned(json.loads(row.body), row)
         body["id"] = row.id
         if row.scan_batch_id:
-            body["scan_batch_id"] = row.scan_batch_id
-            body["scan_batch_state"] = row.state
-            body["qualys_scan_id"] = row.reference or body.get("qualys_scan_id", "")
-            body["scan_batch_error"] = row.error or ""
+            body["scan_batch_state"] = row.batch_state
+            body["scan_batch_error"] = row.batch_error or ""
         items.append(body)
     more = len(rows) > f.limit
     return Page(items, items[-1]["id"] if more and items else None)
