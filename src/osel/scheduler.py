@@ -453,36 +453,16 @@ class Scheduler:
 
     async def _skip(self, conn: AsyncConnection, cooled: list[Any], why: dict[str, str]) -> None:
         addresses = sorted({tg.address for tg in cooled})
-        batch_id = str(uuid.uuid4())
-        batch = ScanBatch(
-            id=batch_id,
-            title=f"osel {batch_id} (skipped: {len(addresses)} address(es) in cool-down)",
-            addresses=addresses,
-            priority=min(tg.priority for tg in cooled),
-            record_uuids=sorted({tg.record_uuid for tg in cooled}),
-            message_ids=sorted({tg.message_id for tg in cooled}),
-            members=tuple(sorted({(tg.record_uuid, tg.address) for tg in cooled})),
-        )
         reasons = {a: why[a] for a in addresses}
         error = f"{len(addresses)} address(es) not scanned again: within scan.cooldown_minutes"
-        now = utcnow()
-        await conn.execute(
-            insert(t.scan_batches).values(
-                id=batch.id,
-                created_at=now,
-                updated_at=now,
-                backend=self.backend.name,
-                state=SKIPPED,
-                title=batch.title,
-                priority=batch.priority,
-                addresses=json.dumps(addresses),
-                error=error,
-                address_errors=json.dumps(reasons),
-            )
-        )
-        st = t.scan_targets
-        await conn.execute(
-            update(st).where(st.c.id.in_([tg.id for tg in cooled])).values(batch_id=batch.id)
+        batch = await self._store_batch(
+            conn,
+            addresses,
+            cooled,
+            SKIPPED,
+            f"skipped: {len(addresses)} address(es) in cool-down",
+            error=error,
+            address_errors=json.dumps(reasons),
         )
         for record_uuid, address in batch.members:
             await self._learn(conn, [record_uuid], batch.id, SKIPPED, error=reasons[address])
@@ -494,41 +474,17 @@ class Scheduler:
             error=error,
             address_errors=reasons,
         )
-        await conn.execute(insert(t.audit_records), [_record_row(record, now)])
+        await conn.execute(insert(t.audit_records), [_record_row(record, utcnow())])
         log.info("scan batch %s skipped: %s", batch.id, "; ".join(reasons[a] for a in addresses))
 
     async def _create(
         self, conn: AsyncConnection, group: list[Any], all_targets: list[Any]
     ) -> ScanBatch:
-        batch_id = str(uuid.uuid4())
         addresses = [tg.address for tg in group]
         wanted = set(addresses)
         members = [tg for tg in all_targets if tg.address in wanted]
-        batch = ScanBatch(
-            id=batch_id,
-            title=f"osel {batch_id} ({len(addresses)} address(es))",
-            addresses=addresses,
-            priority=min(tg.priority for tg in group),
-            record_uuids=sorted({tg.record_uuid for tg in members}),
-            message_ids=sorted({tg.message_id for tg in members}),
-            members=tuple(sorted({(tg.record_uuid, tg.address) for tg in members})),
-        )
-        now = utcnow()
-        await conn.execute(
-            insert(t.scan_batches).values(
-                id=batch.id,
-                created_at=now,
-                updated_at=now,
-                backend=self.backend.name,
-                state=QUEUED,
-                title=batch.title,
-                priority=batch.priority,
-                addresses=json.dumps(addresses),
-            )
-        )
-        st = t.scan_targets
-        await conn.execute(
-            update(st).where(st.c.id.in_([tg.id for tg in members])).values(batch_id=batch.id)
+        batch = await self._store_batch(
+            conn, addresses, members, QUEUED, f"{len(addresses)} address(es)", priority_of=group
         )
         ar = t.audit_records
         await conn.execute(
@@ -537,7 +493,49 @@ class Scheduler:
             .values(scan_batch_id=batch.id)
         )
         record = scan_record(batch, QUEUED, backend=self.backend.name, instance=self.instance)
-        await conn.execute(insert(ar), [_record_row(record, now)])
+        await conn.execute(insert(ar), [_record_row(record, utcnow())])
+        return batch
+
+    async def _store_batch(
+        self,
+        conn: AsyncConnection,
+        addresses: list[str],
+        targets: list[Any],
+        state: str,
+        what: str,
+        *,
+        priority_of: list[Any] | None = None,
+        **columns: Any,
+    ) -> ScanBatch:
+        """A new batch row over `addresses`, claiming `targets` for it."""
+        batch_id = str(uuid.uuid4())
+        batch = ScanBatch(
+            id=batch_id,
+            title=f"osel {batch_id} ({what})",
+            addresses=addresses,
+            priority=min(tg.priority for tg in (priority_of or targets)),
+            record_uuids=sorted({tg.record_uuid for tg in targets}),
+            message_ids=sorted({tg.message_id for tg in targets}),
+            members=tuple(sorted({(tg.record_uuid, tg.address) for tg in targets})),
+        )
+        now = utcnow()
+        await conn.execute(
+            insert(t.scan_batches).values(
+                id=batch.id,
+                created_at=now,
+                updated_at=now,
+                backend=self.backend.name,
+                state=state,
+                title=batch.title,
+                priority=batch.priority,
+                addresses=json.dumps(addresses),
+                **columns,
+            )
+        )
+        st = t.scan_targets
+        await conn.execute(
+            update(st).where(st.c.id.in_([tg.id for tg in targets])).values(batch_id=batch.id)
+        )
         return batch
 
     # --- launching --------------------------------------------------------------

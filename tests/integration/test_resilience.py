@@ -215,13 +215,13 @@ def test_twenty_sigkills_at_random_points(group, tmp_path: Path):
     try:
         osel.start()
         while kills < 20:  # traffic keeps coming; each kill lands at a random moment
-            chunk = traffic(sg_id, 20)
+            chunk = traffic(sg_id, 50)
             publish(osel.queue, chunk)
             bodies += chunk
-            time.sleep(rng.uniform(0.1, 1.0))
-            busy += osel.queue_depth() > 0
+            time.sleep(rng.uniform(0.05, 0.6))
             osel.kill()
             kills += 1
+            busy += osel.queue_depth() > 0  # its unacknowledged work went back to the queue
             osel.start()
         records = wait_drained(osel, relevant_ids(bodies), timeout=180)
         exactly_once(records, relevant_ids(bodies), len(ips))
