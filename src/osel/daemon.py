@@ -387,6 +387,19 @@ class Daemon:
             checks["store"] = False
         return checks
 
+    async def refresh_metrics(self) -> None:
+        """The gauges read from the store (and the Qualys client) when /metrics is asked."""
+        counts = await queries.counts(self.store)
+        for state, number in counts["scans_by_state"].items():
+            self.metrics.scans.labels(state).set(number)
+        backend = self.scheduler.backend
+        client = getattr(backend, "client", None)
+        if client is not None:
+            self.metrics.qualys_calls = dict(client.calls)
+            for api in await client.budget.snapshot():
+                if api["remaining"] is not None:
+                    self.metrics.qualys_remaining.labels(api["api"]).set(api["remaining"])
+
     async def lag(self) -> dict[str, dict[str, float | int | None]]:
         return await queries.sink_lag(self.store, [s.sink_id for s in self.outbox.sinks])
 
@@ -401,6 +414,7 @@ class Daemon:
             self.lag,
             instance=self.instance,
             extra_routes=[aodh_routes(self.settings, self.neutron, self.process)],
+            refresh=self.refresh_metrics,
         )
         http = self.settings.http
         return HttpServer(create_app(ctx), http.host, http.port)

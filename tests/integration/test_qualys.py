@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from osel.backoff import BackoffPolicy
 from osel.config import QualysSettings
@@ -41,6 +43,7 @@ def qualys_osel(workdir: Path, url: str, *, window: float = 5.0) -> OselProcess:
     return OselProcess(
         workdir,
         window_seconds=window,
+        http=True,
         extra={
             "scan": {"backend": "qualys"},
             "scope": {"exclude_cidrs": ["10.0.0.0/8"]},
@@ -154,6 +157,18 @@ def test_changes_become_one_qualys_scan_followed_to_the_end(admin, cleanup, tmp_
         shown = json.loads(osel_cli(osel, "scans", "show", reference))
         assert shown["state"] == FINISHED and sorted(shown["addresses"]) == in_scope
         assert "osel-secret" not in osel.log.read_text()
+
+        # the metrics count the scan and the Qualys calls behind it
+        text = httpx.get(f"{osel.http_url}/metrics", timeout=10).text
+        samples = {
+            (m.name, tuple(sorted(m.labels.items()))): m.value
+            for f in text_string_to_metric_families(text)
+            for m in f.samples
+        }
+        assert samples[("osel_scan_batches", (("state", "finished"),))] >= 1
+        assert samples[("osel_qualys_calls_total", (("action", "launch"), ("status", "200")))] == 1
+        assert samples[("osel_qualys_calls_total", (("action", "fetch"), ("status", "200")))] >= 1
+        assert any(k[0] == "osel_qualys_budget_remaining" for k in samples)
     finally:
         osel.close()
 

@@ -35,6 +35,7 @@ class Context:
     lag: Callable[[], Awaitable[Lag]]
     instance: str = ""
     extra_routes: list[Callable[[FastAPI], None]] = field(default_factory=list)
+    refresh: Callable[[], Awaitable[None]] | None = None  # before /metrics renders
 
 
 class ChangeRecord(BaseModel):
@@ -112,6 +113,8 @@ def create_app(ctx: Context) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
+        if ctx.refresh is not None:
+            await ctx.refresh()
         for sink, lag in (await ctx.lag()).items():
             ctx.metrics.sink_lag.labels(sink).set(lag["behind"] or 0)
             ctx.metrics.sink_age.labels(sink).set(lag["oldest_seconds"] or 0)

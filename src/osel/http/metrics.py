@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from osel.health import Health
@@ -25,6 +25,19 @@ class _HealthCollector(Collector):
         for name, state in sorted(self.health.deps.items()):
             up.add_metric([name], 1.0 if state.up else 0.0)
         yield up
+
+
+class _CallsCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        calls = CounterMetricFamily(
+            "osel_qualys_calls", "Qualys API calls osel made", labels=["action", "status"]
+        )
+        for (action, status), count in sorted(self.metrics.qualys_calls.items()):
+            calls.add_metric([action, status], count)
+        yield calls
 
 
 class Metrics:
@@ -50,14 +63,15 @@ class Metrics:
             registry=r,
         )
         self.targets = Counter("osel_scan_targets", "Addresses queued for scanning", registry=r)
-        self.scans = Counter(
-            "osel_scan_batches", "Scan batch state changes", ["backend", "state"], registry=r
+        self.scans = Gauge(
+            "osel_scan_batches", "Scan batches by their current state", ["state"], registry=r
         )
-        self.qualys_calls = Counter(
-            "osel_qualys_calls", "Qualys API calls", ["action", "status"], registry=r
-        )
+        self.qualys_calls: dict[tuple[str, str], int] = {}  # filled from the Qualys client
         self.qualys_remaining = Gauge(
-            "osel_qualys_budget_remaining", "Qualys API calls left in the window", registry=r
+            "osel_qualys_budget_remaining",
+            "Qualys API calls left in the window, as Qualys last said",
+            ["api"],
+            registry=r,
         )
         self.sink_lag = Gauge(
             "osel_sink_lag_records", "Committed records not yet delivered", ["sink"], registry=r
@@ -90,6 +104,7 @@ class Metrics:
             registry=r,
         )
         r.register(_HealthCollector(health))
+        r.register(_CallsCollector(self))
 
     def observe(self, stats: Stats, seconds: float) -> None:
         for (event_type, outcome), count in stats.by_event.items():

@@ -27,6 +27,7 @@ import json
 import re
 import ssl
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -290,6 +291,7 @@ class QualysClient:
     ) -> None:
         self.settings = settings
         self.budget = budget
+        self.calls: Counter[tuple[str, str]] = Counter()  # (action, HTTP status) -> calls
         self.backoff = backoff or BackoffPolicy(initial=5.0, cap=120.0)
         self.username = settings.username or ""
         self._secrets = [
@@ -414,20 +416,24 @@ class QualysClient:
                 f"Qualys API budget for {api} is spent{floor}: {what} waits {ticket.wait:.0f}s",
                 ticket.wait,
             )
+        action = params.get("action", "")
         async with self._one_at_a_time:
             try:
                 response = await self.http.post(api, data=params)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                self.calls[(action, "unreachable")] += 1
                 raise Unavailable(
                     self._scrub(f"cannot reach Qualys at {self.where}: {describe_error(exc)}"),
                     maybe_done=False,
                 ) from None
             except httpx.TransportError as exc:
+                self.calls[(action, "no_answer")] += 1
                 raise Unavailable(
                     self._scrub(
                         f"no answer from Qualys at {self.where} while {what}: {describe_error(exc)}"
                     )
                 ) from None
+        self.calls[(action, str(response.status_code))] += 1
         limits = Limits.from_headers(response.headers)
         await self.budget.observe(api, limits)
         return await self._check(ticket, response, limits, what)
