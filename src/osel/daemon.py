@@ -177,7 +177,6 @@ class Daemon:
         )
         self.outbox = Outbox(self.store, build_sinks(settings), backoff=self.backoff)
         self.lock = asyncio.Lock()
-        self.stats = Stats()
         self.health = Health()
         self.metrics = Metrics(self.health)
         self.caught_up = False
@@ -235,7 +234,6 @@ class Daemon:
         self.health.report("store", True)
         if batch.quarantined:
             await self._dead_letter(batch.quarantined)
-        self.stats.add(stats)
         self.metrics.observe(stats, time.monotonic() - started)
         self.metrics.revision_gaps.set(self.resolver.revision_gaps)
         self.metrics.neutron_misses.set(self.resolver.misses)
