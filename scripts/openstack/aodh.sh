@@ -58,51 +58,16 @@ usage() {
 # Python helper (runs in the aodh venv; stdlib + PyMySQL only)
 # --------------------------------------------------------------------------
 HELPER_PY=$(cat <<'PYEOF'
-import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
 KS = os.environ["OSEL_KS_URL"]
 AODH = os.environ["OSEL_AODH_URL"]
 REGION = os.environ["OSEL_REGION"]
 ADMIN_PW = os.environ["OSEL_ADMIN_PASSWORD"]
 AODH_PW = os.environ["OSEL_AODH_PASSWORD"]
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class Fail(Exception):
-    pass
-
-
-def call(method, url, token=None, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Accept", "application/json")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("X-Auth-Token", token)
-    try:
-        with OPENER.open(req, timeout=60) as resp:
-            raw = resp.read()
-            return resp.status, resp.headers, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = raw.decode(errors="replace")[:300]
-        return exc.code, exc.headers, payload
-
-
-def must(expected, result, what):
-    status, _, payload = result
-    if status not in expected:
-        raise Fail(f"{what}: HTTP {status}: {payload}")
-    return payload
+sys.path.insert(0, os.environ["OSEL_OPENSTACK_SCRIPTS"])
+from keystone_api import Fail, call, db, ensure, find_one, must  # noqa: E402
 
 
 def auth(user, password, project):
@@ -113,22 +78,6 @@ def auth(user, password, project):
     if status != 201:
         raise Fail(f"{user} cannot log in to project {project}: HTTP {status}: {payload}")
     return headers["X-Subject-Token"], payload["token"]
-
-
-def find_one(tok, collection, key, **params):
-    url = f"{KS}/{collection}?{urllib.parse.urlencode(params)}"
-    items = must((200,), call("GET", url, tok), f"list {collection}")[key]
-    return items[0] if items else None
-
-
-def ensure(tok, collection, key, entity, **lookup):
-    found = find_one(tok, collection, key, **lookup)
-    if found:
-        return found["id"]
-    payload = must((201,), call("POST", f"{KS}/{collection}", tok, {key[:-1]: entity}),
-                   f"create {collection}")
-    print(f"aodh:   created {key[:-1]} {entity.get('name', entity)}")
-    return payload[key[:-1]]["id"]
 
 
 def provision():
@@ -180,14 +129,6 @@ def verify():
     print(f"aodh: verified: catalog, Aodh API lists {len(alarms)} alarm(s) through Keystone")
 
 
-def db():
-    import pymysql
-    return pymysql.connect(host=os.environ["OSEL_DB_HOST"],
-                           port=int(os.environ["OSEL_DB_PORT"]),
-                           user=os.environ["OSEL_DB_USER"], password="",
-                           autocommit=True)
-
-
 def dbstate():
     """Create the database when missing; print its number of tables."""
     with db() as conn, conn.cursor() as cur:
@@ -230,6 +171,7 @@ PYEOF
 )
 
 helper() {
+    OSEL_OPENSTACK_SCRIPTS="$SCRIPT_DIR" OSEL_HELPER_LABEL=aodh \
     OSEL_KS_URL="$KEYSTONE_URL" OSEL_AODH_URL="$AODH_URL" OSEL_REGION="$REGION" \
     OSEL_ADMIN_PASSWORD="$ADMIN_PASSWORD" OSEL_AODH_PASSWORD="$AODH_PASSWORD" \
     OSEL_DB_HOST="$DB_HOST" OSEL_DB_PORT="$DB_PORT" OSEL_DB_USER="$DB_USER" \

@@ -58,53 +58,18 @@ usage() {
 # Python helper (runs in the stack's venv; stdlib + PyMySQL only)
 # --------------------------------------------------------------------------
 HELPER_PY=$(cat <<'PYEOF'
-import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
 KS = os.environ["OSEL_KS_URL"]
 NT = os.environ["OSEL_NT_URL"]
 REGION = os.environ["OSEL_REGION"]
 ADMIN_PW = os.environ["OSEL_ADMIN_PASSWORD"]
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.path.insert(0, os.environ["OSEL_OPENSTACK_SCRIPTS"])
+from keystone_api import Fail, call, db, ensure, find_one, must  # noqa: E402
 REQUIRED_EXTENSIONS = ("address-group", "port-security-groups-filtering",
                        "port-security", "security-group", "router",
                        "external-net")
-
-
-class Fail(Exception):
-    pass
-
-
-def call(method, url, token=None, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Accept", "application/json")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("X-Auth-Token", token)
-    try:
-        with OPENER.open(req, timeout=60) as resp:
-            raw = resp.read()
-            return resp.status, resp.headers, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = raw.decode(errors="replace")[:300]
-        return exc.code, exc.headers, payload
-
-
-def must(expected, result, what):
-    status, _, payload = result
-    if status not in expected:
-        raise Fail(f"{what}: HTTP {status}: {payload}")
-    return payload
 
 
 def auth(user, password, project=None):
@@ -125,27 +90,6 @@ def admin_token():
     if not tok:
         raise Fail(f"admin cannot log in: {info}")
     return tok
-
-
-def q(params):
-    return urllib.parse.urlencode(params)
-
-
-def find_one(tok, collection, key, **params):
-    payload = must((200,), call("GET", f"{KS}/{collection}?{q(params)}", tok),
-                   f"list {collection}")
-    items = payload[key]
-    return items[0] if items else None
-
-
-def ensure(tok, collection, key, entity, **lookup):
-    found = find_one(tok, collection, key, **lookup)
-    if found:
-        return found["id"]
-    payload = must((201,), call("POST", f"{KS}/{collection}", tok,
-                                {key[:-1]: entity}), f"create {collection}")
-    print(f"stack:   created {key[:-1]} {entity.get('name', entity)}")
-    return payload[key[:-1]]["id"]
 
 
 def ensure_user(tok, name, password, project_id):
@@ -244,14 +188,6 @@ def verify():
           "address-group, osel (reader) sees other projects")
 
 
-def db():
-    import pymysql
-    return pymysql.connect(host=os.environ["OSEL_DB_HOST"],
-                           port=int(os.environ["OSEL_DB_PORT"]),
-                           user=os.environ["OSEL_DB_USER"], password="",
-                           autocommit=True)
-
-
 def scalar(cur, sql, *args):
     cur.execute(sql, args)
     return cur.fetchone()[0]
@@ -304,6 +240,7 @@ PYEOF
 )
 
 helper() {
+    OSEL_OPENSTACK_SCRIPTS="$SCRIPT_DIR" OSEL_HELPER_LABEL=stack \
     OSEL_KS_URL="$KEYSTONE_URL" OSEL_NT_URL="$NEUTRON_URL" OSEL_REGION="$REGION" \
     OSEL_ADMIN_PASSWORD="$ADMIN_PASSWORD" OSEL_DB_HOST="$DB_HOST" \
     OSEL_DB_PORT="$DB_PORT" OSEL_DB_USER="$DB_USER" \
