@@ -171,6 +171,38 @@ class Inventory:
         self.address_groups[group.id] = group
         self.dirty.address_groups[group.id] = group
 
+    def apply(self, changes: Dirty) -> None:
+        """Take in what another instance committed, without marking it dirty here."""
+        kept, self.dirty = self.dirty, Dirty()
+        for sg_id, group in changes.groups.items():
+            if group is None:
+                self.delete_group(sg_id)
+            else:
+                self.put_group(group)
+                self.loaded_groups.discard(sg_id)
+        self.loaded_groups.update(changes.loaded_groups)
+        for rule_id, rule in changes.rules.items():
+            if rule is None:
+                self.delete_rule(rule_id)
+            else:
+                self.put_rule(rule)
+        for port_id, port in changes.ports.items():
+            if port is None:
+                self.delete_port(port_id)
+            else:
+                self.put_port(port)
+        for fip_id, fip in changes.fips.items():
+            if fip is None:
+                self.delete_fip(fip_id)
+            else:
+                self.put_fip(fip)
+        for ag_id, ag in changes.address_groups.items():
+            if ag is None:
+                self.address_groups.pop(ag_id, None)
+            else:
+                self.put_address_group(ag)
+        self.dirty = kept
+
     def take_dirty(self) -> Dirty:
         dirty, self.dirty = self.dirty, Dirty()
         return dirty

@@ -11,6 +11,13 @@ fixed and osel restarted.
 Each sink's state (ok, retrying, stopped) and last error are kept in the
 store's meta table under ``audit_sink:<sink id>``, so ``osel audit status``
 can show them from another process.
+
+Several instances on one store: one instance at a time delivers to a sink. It
+holds a lease on the sink's cursor row (claimed with ``FOR UPDATE SKIP LOCKED``
+on PostgreSQL), renews it while it delivers, and gives it back when it stops;
+an instance that dies holding it loses it when the lease runs out
+(``service.lease_seconds``), and another takes over from the cursor. The
+others stand by.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from osel.store.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
-SinkState = Literal["ok", "retrying", "stopped"]
-_STATES: tuple[SinkState, ...] = ("ok", "retrying", "stopped")
+SinkState = Literal["ok", "retrying", "stopped", "standby"]
+_STATES: tuple[SinkState, ...] = ("ok", "retrying", "stopped", "standby")
 STATE_KEY = "audit_sink:"
 
 
@@ -90,6 +97,8 @@ class Outbox:
         chunk: int = 500,
         idle_seconds: float = 0.5,
         backoff: BackoffPolicy | None = None,
+        instance: str = "osel",
+        lease_seconds: float = 30.0,
     ) -> None:
         self.store = store
         self.sinks = sinks
@@ -98,6 +107,11 @@ class Outbox:
         self.backoff = backoff or BackoffPolicy()
         self.wake = asyncio.Event()
         self.health: dict[str, SinkHealth] = {s.sink_id: SinkHealth() for s in sinks}
+        # the instance name (service.instance_name, by default the host name): each instance
+        # needs its own; a restarted instance takes its own lease back at once
+        self.owner = instance
+        self.lease_seconds = lease_seconds
+        self.holding: set[str] = set()  # the sinks this process delivers to now
         self._attached: set[str] = set()
 
     def stopped(self, sink: Sink) -> bool:
@@ -110,23 +124,67 @@ class Outbox:
         """
         if self.stopped(sink):
             return 0
-        if sink.sink_id not in self._attached and isinstance(sink, StatefulSink):
+        sink_id = sink.sink_id
+        position = await self.store.claim_sink(sink_id, self.owner, self.lease_seconds)
+        if position is None:
+            if sink_id in self.holding:
+                self.holding.discard(sink_id)
+                log.warning("audit sink %s: another instance took over its delivery", sink_id)
+            return 0
+        if sink_id not in self.holding:
+            self.holding.add(sink_id)
+            self._attached.discard(sink_id)  # take in what the previous holder left
+            log.info("audit sink %s: this instance delivers from record %d", sink_id, position)
+        if sink_id not in self._attached and isinstance(sink, StatefulSink):
             await sink.attach(self.store)
-        self._attached.add(sink.sink_id)
-        position = await self.store.cursor(sink.sink_id)
+        self._attached.add(sink_id)
         sent = 0
         while True:
             records = await self.store.records_after(position, self.chunk)
             if not records:
                 return sent
             try:
-                await sink.send(records)
+                await self._send(sink, records)
             except PermanentSinkError as exc:
-                self.health[sink.sink_id] = SinkHealth("stopped", str(exc), _now())
+                self.health[sink_id] = SinkHealth("stopped", str(exc), _now())
                 raise
             position = records[-1][0]
-            await self.store.set_cursor(sink.sink_id, position)
+            if not await self.store.advance_cursor(
+                sink_id, self.owner, position, self.lease_seconds
+            ):
+                self.holding.discard(sink_id)
+                log.warning(
+                    "audit sink %s: the delivery lease ran out while sending records up to "
+                    "%d; another instance delivers from its cursor, so some records may go "
+                    "out twice (de-duplicate on record_id)",
+                    sink_id,
+                    position,
+                )
+                return sent
             sent += len(records)
+
+    async def _send(self, sink: Sink, records: list[tuple[int, str]]) -> None:
+        """Send, renewing the lease meanwhile (an acknowledged HEC batch can take long)."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                await self.store.claim_sink(sink.sink_id, self.owner, self.lease_seconds)
+
+        renewer = asyncio.create_task(renew())
+        try:
+            await sink.send(records)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(BaseException):
+                await renewer
+
+    async def release(self) -> None:
+        """Give back the leases this process holds, so another instance goes on at once."""
+        for sink_id in sorted(self.holding):
+            with contextlib.suppress(Exception):
+                await self.store.release_sink(sink_id, self.owner)
+        self.holding.clear()
 
     async def run_sink(self, sink: Sink, stop: asyncio.Event) -> None:
         outage = OutageLog(f"audit sink {sink.sink_id}", log, cap=self.backoff.cap)
@@ -143,7 +201,10 @@ class Outbox:
                 await _sleep(stop, self.backoff.delay(outage.attempts))
                 continue
             outage.recovered()
-            await self._set(sink, "ok", "")
+            if sink.sink_id in self.holding:
+                await self._set(sink, "ok", "")
+            else:
+                self.health[sink.sink_id] = SinkHealth("standby", "", _now())
             self.wake.clear()
             await _wait(self.wake, stop, self.idle)
 
@@ -158,6 +219,10 @@ class Outbox:
             extra={"sink": sink.sink_id, "behind": behind},
         )
         await self._keep(sink, SinkHealth("stopped", str(exc), _now()))
+        if sink.sink_id in self.holding:  # an instance configured differently may deliver
+            self.holding.discard(sink.sink_id)
+            with contextlib.suppress(Exception):
+                await self.store.release_sink(sink.sink_id, self.owner)
 
     async def _set(self, sink: Sink, state: SinkState, error: str) -> None:
         current = self.health.get(sink.sink_id)

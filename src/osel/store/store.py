@@ -8,16 +8,19 @@ by `commit`; only after it returns may the AMQP message be acknowledged.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Table, delete, event, func, insert, select, update
+from sqlalchemy import Table, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from osel.decide import Decision
@@ -26,6 +29,21 @@ from osel.model import AddressGroup, FloatingIP, Port, Rule, SecurityGroup
 from osel.store import tables as t
 
 MIGRATIONS = str(Path(__file__).parent / "migrations")
+log = logging.getLogger(__name__)
+
+# PostgreSQL advisory lock keys (any two constants that other applications are unlikely to
+# pick): one instance at a time changes the inventory; audit records get their ids in
+# commit order.
+INVENTORY_LOCK = 0x05E1_0001
+RECORDS_LOCK = 0x05E1_0002
+PRUNED_KEY = "inventory_log_pruned"
+_KINDS: dict[str, Table] = {
+    "group": t.inv_groups,
+    "rule": t.inv_rules,
+    "port": t.inv_ports,
+    "fip": t.inv_fips,
+    "address_group": t.inv_address_groups,
+}
 
 
 def utcnow() -> datetime:
@@ -125,6 +143,10 @@ class Store:
         self.engine: AsyncEngine = create_async_engine(async_url, echo=echo)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "before_cursor_execute", _records_in_order)
+        # the newest inventory_log entry this process has taken in (see refresh_inventory)
+        self.inventory_rev = 0
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -193,8 +215,7 @@ class Store:
                         for tg in targets
                     ],
                 )
-            if batch.dirty:
-                await self._inventory(conn, batch.dirty)
+            rev = await self._inventory(conn, batch.dirty) if batch.dirty else None
             if batch.quarantined:
                 await conn.execute(
                     insert(t.quarantine), [{**q, "received_at": now} for q in batch.quarantined]
@@ -205,6 +226,10 @@ class Store:
                 )
             if batch.undeferred:
                 await conn.execute(delete(t.deferred).where(t.deferred.c.id.in_(batch.undeferred)))
+        if rev is not None:
+            # the caller took in every earlier change first (Daemon.process holds the
+            # inventory lock across refresh, handling and commit), so this is the newest
+            self.inventory_rev = max(self.inventory_rev, rev)
 
     async def _windows(self, conn: AsyncConnection, decision: Decision) -> None:
         """Keep one open window per (address, permit) in effect; close the ones that end.
@@ -266,7 +291,8 @@ class Store:
         if inserts:
             await conn.execute(insert(w), inserts)
 
-    async def _inventory(self, conn: AsyncConnection, dirty: Dirty) -> None:
+    async def _inventory(self, conn: AsyncConnection, dirty: Dirty) -> int | None:
+        """Write the changed inventory rows and log them; the newest log id, if any."""
         kinds: list[tuple[Table, dict[str, Any]]] = [
             (t.inv_rules, dirty.rules),
             (t.inv_ports, dirty.ports),
@@ -305,10 +331,28 @@ class Store:
                 group_rows.append({"id": sg_id, "data": data, "loaded": loaded})
             if group_rows:
                 await conn.execute(insert(g), group_rows)
+        changed = [
+            {"kind": kind, "resource_id": key}
+            for kind, items in (
+                ("rule", dirty.rules),
+                ("port", dirty.ports),
+                ("fip", dirty.fips),
+                ("address_group", dirty.address_groups),
+                ("group", dict.fromkeys(groups)),
+            )
+            for key in items
+        ]
+        if not changed:
+            return None
+        await conn.execute(insert(t.inventory_log), changed)
+        return int((await conn.execute(select(func.max(t.inventory_log.c.id)))).scalar() or 0)
 
     async def load_inventory(self, inventory: Inventory) -> int:
         """Fill `inventory` from the store; return how many resources it holds."""
         async with self.engine.connect() as conn:
+            # read the log position first: a change committed meanwhile is taken in again
+            # by the next refresh_inventory, which is harmless
+            rev = (await conn.execute(select(func.max(t.inventory_log.c.id)))).scalar()
 
             def rows(table: Table) -> Any:
                 return conn.execute(select(table))
@@ -326,6 +370,7 @@ class Store:
             address_groups=[AddressGroup.from_json(json.loads(r.data)) for r in ags],
             loaded_groups=[r.id for r in groups if r.loaded],
         )
+        self.inventory_rev = int(rev or 0)
         return len(groups) + len(rules) + len(ports) + len(fips) + len(ags)
 
     async def replace_inventory(self, inventory: Inventory) -> None:
@@ -353,7 +398,162 @@ class Store:
             for table, rows in inserts:
                 for chunk in _chunks(rows, 1000):
                     await conn.execute(insert(table), chunk)
+            await conn.execute(insert(t.inventory_log).values(kind="*", resource_id=""))
+            rev = (await conn.execute(select(func.max(t.inventory_log.c.id)))).scalar()
+        self.inventory_rev = int(rev or 0)
         inventory.take_dirty()
+
+    # --- several instances: the inventory ----------------------------------
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the inventory lock: one instance at a time reads, changes and commits the
+        inventory (PostgreSQL session advisory lock; SQLite serialises writers itself).
+
+        The lock lives on one connection and dies with it: an instance that is killed
+        or cut off releases it (the connection's TCP keepalives are set so that a
+        vanished machine is noticed within about a minute).
+        """
+        if self.dialect != "postgresql":
+            yield
+            return
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql(
+                "SET tcp_keepalives_idle = 20; SET tcp_keepalives_interval = 5; "
+                "SET tcp_keepalives_count = 4; SET tcp_user_timeout = 40000"
+            )
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": INVENTORY_LOCK})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    await conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+                    await conn.commit()
+                except BaseException:
+                    # never hand a connection that may still hold the lock back to the pool
+                    await conn.invalidate()
+                    raise
+
+    async def refresh_inventory(self, inventory: Inventory) -> int:
+        """Take in the inventory changes committed by other instances since this one last
+        looked (the inventory_log); return how many entries it read."""
+        lg = t.inventory_log
+        async with self.engine.connect() as conn:
+            entries = list(
+                await conn.execute(
+                    select(lg.c.id, lg.c.kind, lg.c.resource_id)
+                    .where(lg.c.id > self.inventory_rev)
+                    .order_by(lg.c.id)
+                )
+            )
+            if not entries:
+                return 0
+            full = any(e.kind == "*" or e.kind not in _KINDS for e in entries)
+            if not full and entries[0].id > self.inventory_rev + 1:
+                pruned = (
+                    await conn.execute(select(t.meta.c.value).where(t.meta.c.key == PRUNED_KEY))
+                ).scalar_one_or_none()
+                full = int(pruned or 0) > self.inventory_rev
+            changes = Dirty() if full else await _read_changes(conn, entries)
+        if full:
+            log.info("inventory changed as a whole in the store: reloading it")
+            inventory.clear()
+            await self.load_inventory(inventory)
+        else:
+            inventory.apply(changes)
+            self.inventory_rev = int(entries[-1].id)
+        return len(entries)
+
+    async def prune_inventory_log(self, keep: int = 100_000) -> int:
+        """Forget all but the newest `keep` log entries; an instance further behind
+        reloads the whole inventory. Return how many entries went."""
+        lg = t.inventory_log
+        async with self.engine.begin() as conn:
+            top = int((await conn.execute(select(func.max(lg.c.id)))).scalar() or 0)
+            cut = top - keep
+            if cut <= 0:
+                return 0
+            gone = (await conn.execute(delete(lg).where(lg.c.id <= cut))).rowcount or 0
+            await conn.execute(delete(t.meta).where(t.meta.c.key == PRUNED_KEY))
+            await conn.execute(insert(t.meta).values(key=PRUNED_KEY, value=str(cut)))
+        return int(gone)
+
+    # --- several instances: audit sink leases ------------------------------
+
+    async def claim_sink(self, sink: str, owner: str, lease_seconds: float) -> int | None:
+        """Take or renew the lease on delivering to `sink`; its cursor position, or None
+        while another instance's lease runs."""
+        c = t.sink_cursors
+        now = utcnow()
+        until = now + timedelta(seconds=lease_seconds)
+        async with self.engine.begin() as conn:
+            query = select(c.c.owner, c.c.lease_until, c.c.position).where(c.c.sink == sink)
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = (await conn.execute(query)).first()
+            if row is None:
+                if self.dialect == "postgresql" and await _exists(conn, sink):
+                    return None  # another instance is claiming it right now
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(
+                            insert(c).values(
+                                sink=sink,
+                                position=0,
+                                updated_at=now,
+                                owner=owner,
+                                lease_until=until,
+                            )
+                        )
+                except IntegrityError:
+                    return None  # another instance created it first
+                return 0
+            if row.owner not in (None, owner) and _aware(row.lease_until) > now:
+                return None
+            await conn.execute(
+                update(c).where(c.c.sink == sink).values(owner=owner, lease_until=until)
+            )
+            return int(row.position)
+
+    async def advance_cursor(
+        self, sink: str, owner: str, position: int, lease_seconds: float
+    ) -> bool:
+        """Move the cursor (and renew the lease) if `owner` still holds the lease."""
+        c = t.sink_cursors
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            done = await conn.execute(
+                update(c)
+                .where((c.c.sink == sink) & (c.c.owner == owner))
+                .values(
+                    position=func.max(c.c.position, position)
+                    if self.dialect == "sqlite"
+                    else func.greatest(c.c.position, position),
+                    updated_at=now,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                )
+            )
+        return bool(done.rowcount)
+
+    async def release_sink(self, sink: str, owner: str) -> None:
+        c = t.sink_cursors
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(c)
+                .where((c.c.sink == sink) & (c.c.owner == owner))
+                .values(owner=None, lease_until=None)
+            )
+
+    async def sink_owner(self, sink: str) -> tuple[str | None, datetime | None]:
+        c = t.sink_cursors
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(c.c.owner, c.c.lease_until).where(c.c.sink == sink))
+            ).first()
+        if row is None:
+            return None, None
+        return row.owner, _aware(row.lease_until) if row.lease_until else None
 
     # --- meta --------------------------------------------------------------
 
@@ -444,6 +644,63 @@ class Store:
             query = query.where(w.c.address == address)
         async with self.engine.connect() as conn:
             return list(await conn.execute(query.order_by(w.c.id)))
+
+
+async def _read_changes(conn: AsyncConnection, entries: list[Any]) -> Dirty:
+    """The current rows of the inventory entries named in `entries` (None: deleted)."""
+    changes = Dirty()
+    wanted: dict[str, set[str]] = {}
+    for e in entries:
+        wanted.setdefault(e.kind, set()).add(e.resource_id)
+    parse: dict[str, Any] = {
+        "group": SecurityGroup.from_json,
+        "rule": Rule.from_json,
+        "port": Port.from_json,
+        "fip": FloatingIP.from_json,
+        "address_group": AddressGroup.from_json,
+    }
+    target: dict[str, dict[str, Any]] = {
+        "group": changes.groups,
+        "rule": changes.rules,
+        "port": changes.ports,
+        "fip": changes.fips,
+        "address_group": changes.address_groups,
+    }
+    for kind, ids in wanted.items():
+        table = _KINDS[kind]
+        found: dict[str, Any] = {}
+        for chunk in _chunks(sorted(ids), 500):
+            for row in await conn.execute(select(table).where(table.c.id.in_(chunk))):
+                found[row.id] = row
+        for key in ids:
+            current = found.get(key)
+            target[kind][key] = parse[kind](json.loads(current.data)) if current else None
+            if kind == "group" and current is not None and current.loaded:
+                changes.loaded_groups.add(key)
+    return changes
+
+
+async def _exists(conn: AsyncConnection, sink: str) -> bool:
+    c = t.sink_cursors
+    return (await conn.execute(select(c.c.sink).where(c.c.sink == sink))).first() is not None
+
+
+def _aware(value: datetime | None) -> datetime:
+    """SQLite hands back naive datetimes (stored in UTC)."""
+    if value is None:
+        return datetime.min.replace(tzinfo=UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _records_in_order(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+) -> None:
+    """On PostgreSQL, take a transaction lock before inserting audit records, so that
+    their ids are assigned in commit order: once a record is visible, every record with
+    a lower id is too, and an audit sink's cursor never passes a record still being
+    committed by another instance."""
+    if statement.startswith("INSERT INTO audit_records"):
+        cursor.execute(f"SELECT pg_advisory_xact_lock({RECORDS_LOCK})")
 
 
 def _json_rows(items: Iterable[Any]) -> list[dict[str, Any]]:

@@ -64,6 +64,9 @@ sink_cursors = Table(
     Column("sink", String(255), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated_at", Stamp, nullable=False),
+    # the instance delivering to this sink, until when (several instances on one store)
+    Column("owner", String(255), nullable=True),
+    Column("lease_until", Stamp, nullable=True),
 )
 
 scan_targets = Table(
@@ -162,6 +165,16 @@ def _inventory(name: str, *extra: Column[object]) -> Table:
         Column("data", Text, nullable=False),
     )
 
+
+# Which inventory rows each commit changed, in commit order: how an instance learns what
+# the others changed (kind: group, rule, port, fip, address_group; "*" = everything).
+inventory_log = Table(
+    "inventory_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("resource_id", String(64), nullable=False),
+)
 
 inv_groups = _inventory("inv_groups", Column("loaded", Boolean, nullable=False))
 inv_rules = _inventory("inv_rules")
