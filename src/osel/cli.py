@@ -61,25 +61,129 @@ def run(config: str | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await Daemon(settings).run(stop)
+        daemon = Daemon(settings)
+        reloads: set[asyncio.Task[bool]] = set()
+
+        def reload_policy() -> None:  # SIGHUP: read policy.file again, between two batches
+            task = asyncio.create_task(daemon.reload_policy())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_policy)
+        return await daemon.run(stop)
 
     sys.exit(_run(go()))
 
 
 @main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False), required=False)
 @config_option
 @click.option(
     "--offline",
     is_flag=True,
     help="Do not ask Neutron: resolve from the notifications and the store only",
 )
-def replay(file: str, config: str | None, offline: bool) -> None:
-    """Run captured notifications (JSONL) through the pipeline, then exit."""
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Shadow replay: decide the change records of --since again under this policy "
+    "file and print what would differ; nothing is scanned or written",
+)
+@click.option(
+    "--since",
+    default=None,
+    help="With --policy: the period, 7d, 12h, 30m, 2w or an ISO date/time (UTC)",
+)
+@click.option("--until", default=None, help="With --policy: end of the period (default: now)")
+@click.option("--json", "as_json", is_flag=True, help="With --policy: the report as JSON")
+def replay(
+    file: str | None,
+    config: str | None,
+    offline: bool,
+    policy_file: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Run captured notifications (JSONL) through the pipeline, then exit.
+
+    With --policy NEW.yaml --since 7d instead of FILE: a shadow replay of the
+    change records committed in the period under NEW.yaml (docs/policy.md).
+    """
+    if policy_file is not None or since is not None:
+        if file is not None or policy_file is None or since is None:
+            raise click.UsageError(
+                "a shadow replay takes --policy FILE and --since PERIOD, and no capture FILE"
+            )
+        _shadow(config, policy_file, since, until, as_json)
+        return
+    if file is None:
+        raise click.UsageError("give a capture FILE, or --policy FILE --since PERIOD")
     settings = _settings(config)
     summary = _run(_replay(settings, file, offline))
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
     sys.exit(1 if summary["deferred_waiting"] else 0)
+
+
+def _load_policy_or_exit(path: str) -> Any:
+    from osel.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        click.echo(f"osel: the policy has {len(exc.problems)} problem(s):", err=True)
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+
+def _shadow(
+    config: str | None, policy_file: str, since: str, until: str | None, as_json: bool
+) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import DBAPIError
+
+    from osel import shadow
+    from osel.store.store import Store
+
+    settings = _settings(config)
+    policy = _load_policy_or_exit(policy_file)
+    now = datetime.now(UTC)
+    try:
+        start = shadow.parse_since(since, now)
+        end = shadow.parse_since(until, now) if until is not None else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    async def go() -> list[dict[str, Any]]:
+        store = Store(settings.store.url.get_secret_value())
+        try:
+            return await shadow.committed_changes(store, start, end)
+        finally:
+            await store.close()
+
+    try:
+        records = _run(go())
+    except DBAPIError as exc:
+        click.echo(
+            f"osel: cannot read the change records from store.url: {exc.orig}; point -c at "
+            "the daemon's configuration (osel db upgrade creates an empty store)",
+            err=True,
+        )
+        sys.exit(1)
+    report = shadow.Report(policy_file, shadow_time(start), shadow_time(end or now))
+    shadow.compare(policy, records, report)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for line in shadow.table(report):
+            click.echo(line)
+
+
+def shadow_time(moment: Any) -> str:
+    return str(moment.isoformat(timespec="seconds").replace("+00:00", "Z"))
 
 
 async def _replay(settings: Settings, file: str, offline: bool) -> dict[str, Any]:
@@ -132,8 +236,153 @@ def check_config(config: str | None) -> None:
             "warning: audit.sinks is empty: records stay in the store only "
             "(osel audit tail shows them)"
         )
+    if settings.policy.file is not None:
+        _policy_summary(settings.policy.file)
     click.echo("configuration OK; effective settings (secrets masked):")
     click.echo(yaml.safe_dump(settings.redacted(), sort_keys=False, default_flow_style=False))
+
+
+@main.group()
+def policy() -> None:
+    """The exposure policy: exceptions and rules (docs/policy.md)."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def policy_check(file: str) -> None:
+    """Validate a policy file and explain each exception and rule in plain words.
+
+    Flags exceptions that expired or expire within 14 days; exits 1 when the
+    file is invalid.
+    """
+    from datetime import UTC, datetime
+
+    from osel.policy import explain
+
+    loaded = _load_policy_or_exit(file)
+    for line in explain(loaded, datetime.now(UTC)):
+        click.echo(line)
+    click.echo("policy OK")
+
+
+def _change_records(change: str) -> list[dict[str, Any]]:
+    """JSON text, `-` (stdin) or a path: one record, a list, or JSON lines."""
+    from pathlib import Path
+
+    text = change
+    if change == "-":
+        text = sys.stdin.read()
+    elif not change.lstrip().startswith(("{", "[")):
+        try:
+            text = Path(change).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(
+                f"{change!r} is neither JSON nor a readable file ({exc.strerror}); give a "
+                "change record as JSON, a file of them, or - for stdin",
+                param_hint="--change",
+            ) from None
+    try:
+        data = json.loads(text)
+        items = data if isinstance(data, list) else [data]
+    except ValueError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"not JSON ({exc}); give a change record as `osel audit tail` prints it",
+                param_hint="--change",
+            ) from None
+    records = [
+        r for r in items if isinstance(r, dict) and r.get("record_type", "change") == "change"
+    ]
+    if not records:
+        raise click.BadParameter(
+            "no change record in it; give an object with affected_ip_address, project_id "
+            "and opened (as `osel audit tail` prints)",
+            param_hint="--change",
+        )
+    return records
+
+
+@policy.command("test")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--change",
+    "change",
+    required=True,
+    help="A change record as JSON, a file of them (JSON or JSON lines), or - for stdin",
+)
+@click.option("--at", "at", default=None, help="Judge expiries at this time (default: now)")
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON")
+def policy_test(file: str, change: str, at: str | None, as_json: bool) -> None:
+    """Show which exception or rule each permit of a change record hits, and the outcome."""
+    from datetime import UTC, datetime
+
+    from osel.policy import permits_of_record, subject_of_record
+    from osel.shadow import parse_since
+
+    loaded = _load_policy_or_exit(file)
+    now = datetime.now(UTC)
+    if at is not None:
+        try:
+            now = parse_since(at, now)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--at") from None
+    results = []
+    for record in _change_records(change):
+        subject = subject_of_record(record)
+        outcome = loaded.outcome(subject, permits_of_record(record), now)
+        results.append((record, outcome))
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "record_id": r.get("record_id", ""),
+                        "affected_ip_address": r.get("affected_ip_address", ""),
+                        "policy_action": o.action,
+                        "policy_rule": o.rule,
+                        "priority": o.priority if o.scanned else None,
+                        "policy_matches": o.matches_json(),
+                    }
+                    for r, o in results
+                ],
+                indent=2,
+            )
+        )
+        return
+    for record, outcome in results:
+        click.echo(
+            f"{record.get('change_type', 'change')} {record.get('affected_ip_address') or '-'} "
+            f"(project {record.get('project_id') or '-'}):"
+        )
+        if not outcome.hits:
+            click.echo("  opens and closes nothing: the policy has nothing to decide")
+        for permit, hit in outcome.hits:
+            low, high = permit.port_min, permit.port_max
+            ports = f"{low}" if low == high else f"{low}-{high}"
+            click.echo(
+                f"  {permit.protocol or 'any'} {ports} from {permit.remote}: {hit.describe()}"
+            )
+        if outcome.scanned:
+            click.echo(f"  => scan, {outcome.priority} priority")
+        else:
+            click.echo(f"  => record only, not scanned: {outcome.reason()}")
+
+
+def _policy_summary(path: str) -> None:
+    """check-config: the policy's size and its exceptions that expired or expire soon."""
+    from datetime import UTC, datetime
+
+    from osel.policy import expiry_warning, load_policy
+
+    loaded = load_policy(path)  # load_settings validated it
+    now = datetime.now(UTC)
+    click.echo(f"policy {path}: {loaded.summary()} (osel policy check {path} explains it)")
+    for exc in loaded.exceptions:
+        warning = expiry_warning(exc, now)
+        if warning:
+            click.echo(f"{warning.replace('warning: ', f'warning: policy exception {exc.name} ')}")
 
 
 def _with_store(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]]) -> T:

@@ -294,6 +294,13 @@ class ServiceSettings(_Model):
     backoff_cap_seconds: float = Field(
         60.0, ge=1, le=3600, description="Longest retry delay; also the outage log interval"
     )
+    lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Several instances: how long an audit sink's delivery lease outlives "
+        "an instance that stopped renewing it",
+    )
 
     @property
     def instance(self) -> str:
@@ -742,6 +749,16 @@ class HttpSettings(_Model):
         return split_host_port(self.bind)[1]
 
 
+class PolicySettings(_Model):
+    """The exposure policy (docs/policy.md)."""
+
+    file: OptPath = _desc(
+        "Exposure policy file (YAML, docs/policy.md): exceptions and rules that decide what is "
+        "scanned, only recorded, or scanned first; validated at start and by check-config, "
+        "reloaded on SIGHUP; null: every opening is scanned"
+    )
+
+
 class Settings(_Model):
     """The whole configuration. Build it with load_settings(); constructing it directly
     skips the cross-section check (qualys credentials when scan.backend is qualys)."""
@@ -755,6 +772,7 @@ class Settings(_Model):
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit sinks")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Database")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP endpoint")
+    policy: PolicySettings = Field(default_factory=PolicySettings, description="Exposure policy")
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret masked."""
@@ -1164,6 +1182,38 @@ def _validate_sections(raw: dict[str, Any]) -> tuple[dict[str, BaseModel], list[
     return sections, issues
 
 
+def _policy_problems(sections: dict[str, BaseModel], sources: _Sources) -> list[Problem]:
+    """Every problem of the policy file policy.file names, with the policy's own keys."""
+    section = sections.get("policy")
+    if not isinstance(section, PolicySettings) or section.file is None:
+        return []
+    from osel.policy import PolicyError, load_policy
+
+    try:
+        load_policy(section.file)
+    except PolicyError as exc:
+        if not Path(section.file).is_file():
+            return [
+                Problem(
+                    "policy.file",
+                    repr(section.file),
+                    "the policy file does not exist; give the path of a policy (docs/policy.md) "
+                    "or null for none",
+                    sources.of(("policy", "file")),
+                )
+            ]
+        return [
+            Problem(
+                f"policy.file: {p.key}" if p.key else "policy.file",
+                p.value,
+                p.message,
+                p.source,
+            )
+            for p in exc.problems
+        ]
+    return []
+
+
 def _cross_issues(sections: dict[str, BaseModel]) -> list[_Issue]:
     scan, qualys = sections.get("scan"), sections.get("qualys")
     if not isinstance(scan, ScanSettings) or not isinstance(qualys, QualysSettings):
@@ -1210,7 +1260,7 @@ def load_settings(
     problems = _apply_env(raw, env, sources)
     sections, more = _validate_sections(raw)
     issues += more + _cross_issues(sections)
-    problems += [sources.problem(i) for i in issues]
+    problems += [sources.problem(i) for i in issues] + _policy_problems(sections, sources)
     if problems:
         raise ConfigError(problems)
     return Settings.model_validate(sections)

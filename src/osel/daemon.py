@@ -19,6 +19,7 @@ from osel.backoff import BackoffPolicy, OutageLog, describe_error
 from osel.config import Settings
 from osel.decide import Rules, decide, now_iso
 from osel.faults import crash_point
+from osel.handlers import HANDLERS
 from osel.health import Health
 from osel.http.app import Context, create_app
 from osel.http.metrics import Metrics
@@ -56,10 +57,14 @@ class Source(Protocol):
 
 
 def decision_rules(settings: Settings) -> Rules:
+    """The decision's knobs; raises `osel.policy.PolicyError` for a bad policy.file."""
+    from osel.policy import load_policy
+
     return Rules(
         out_of_scope=settings.scope.classify,
         trigger=settings.scope.trigger,
         scan_on_rule_delete=settings.scan.scan_on_rule_delete,
+        policy=load_policy(settings.policy.file) if settings.policy.file else None,
     )
 
 
@@ -175,8 +180,15 @@ class Daemon:
             cooldown_minutes=settings.scan.cooldown_minutes,
             backoff=self.backoff,
         )
-        self.outbox = Outbox(self.store, build_sinks(settings), backoff=self.backoff)
+        self.outbox = Outbox(
+            self.store,
+            build_sinks(settings),
+            backoff=self.backoff,
+            instance=self.instance,
+            lease_seconds=settings.service.lease_seconds,
+        )
         self.lock = asyncio.Lock()
+        self.scan_wake = asyncio.Event()  # set by a commit that queued scan targets
         self.health = Health()
         self.metrics = Metrics(self.health)
         self.caught_up = False
@@ -188,6 +200,10 @@ class Daemon:
     async def prepare(self, *, initial_sync: bool = True) -> None:
         """Migrate the store, load the inventory, sync from Neutron on a first start."""
         await self.store.migrate()
+        async with self.store.exclusive():
+            await self._prepare_inventory(initial_sync)
+
+    async def _prepare_inventory(self, initial_sync: bool) -> None:
         held = await self.store.load_inventory(self.inventory)
         if await self.store.deferred_count():
             self.pipeline.deferring = True
@@ -219,9 +235,13 @@ class Daemon:
     async def process(self, items: list[Item]) -> Stats:
         """Run items through the pipeline and commit them: the unit of work."""
         started = time.monotonic()
-        async with self.lock:
+        handled = might_change_inventory(items)
+        guard = self.store.exclusive() if handled else contextlib.nullcontext()
+        async with self.lock, guard:
             batch = Batch()
             try:
+                if handled:
+                    await self._catch_up()
                 stats = await self.pipeline.process(items, batch)
                 batch.dirty = self.inventory.take_dirty()
                 crash_point("before_commit")
@@ -240,6 +260,8 @@ class Daemon:
         if stats.outcomes["deferred"] or batch.undeferred:
             self.metrics.deferred.set(await self.store.deferred_count())
         self.outbox.wake.set()
+        if stats.targets:
+            self.scan_wake.set()
         return stats
 
     async def _dead_letter(self, quarantined: list[dict[str, Any]]) -> None:
@@ -265,6 +287,22 @@ class Daemon:
                     describe_error(exc),
                 )
                 return
+
+    async def _catch_up(self) -> None:
+        """Under the inventory lock: take in what other instances committed, and queue up
+        behind changes one of them deferred while Neutron was away."""
+        await self.store.refresh_inventory(self.inventory)
+        if self.store.dialect != "sqlite" and not self.pipeline.deferring:
+            self.pipeline.deferring = await self.store.deferred_count() > 0
+
+    async def housekeeping(self, stop: asyncio.Event, every: float = 600.0) -> None:
+        """Trim the inventory change log now and then."""
+        while not stop.is_set():
+            try:
+                await self.store.prune_inventory_log()
+            except Exception as exc:
+                log.debug("could not trim the inventory log: %s", exc)
+            await _sleep(stop, every)
 
     async def _reload_inventory(self) -> None:
         """After a failed commit the in-memory inventory is ahead of the store: rebuild it."""
@@ -337,14 +375,18 @@ class Daemon:
                 attempt = 0
 
     async def schedule(self, stop: asyncio.Event) -> None:
+        """Form and launch due scan batches every window/4 (0.2 s to 5 s); with
+        scan.window_seconds 0, also as soon as a commit has queued scan targets."""
         await self.scheduler.resume()
         period = max(0.2, min(5.0, self.settings.scan.window_seconds / 4))
+        at_once = self.settings.scan.window_seconds == 0
         while not stop.is_set():
+            self.scan_wake.clear()
             try:
                 await self.scheduler.tick()
             except Exception:
                 log.exception("scan scheduler failed; retrying")
-            await _sleep(stop, period)
+            await _wait_any([stop, self.scan_wake] if at_once else [stop], period)
 
     async def follow_scans(self, stop: asyncio.Event) -> None:
         """Poll launched scans to their end, every qualys.poll_seconds (qualys.follow)."""
@@ -438,7 +480,8 @@ class Daemon:
             log.warning("re-sync skipped: %s", exc)
             return 0
         self.health.report("neutron", True)
-        async with self.lock:
+        async with self.lock, self.store.exclusive():
+            await self._catch_up()
             batch = Batch()
             changes = await reconcile(snap, self.inventory, self.resolver, now=now_iso())
             for change in changes:
@@ -472,6 +515,8 @@ class Daemon:
             self.follow_scans,
             self.resync,
             self.probe_neutron,
+            self.policy_expiry,
+            self.housekeeping,
         ]
         if self.settings.http.enabled:
             workers.append(self.http_server().run)
@@ -509,6 +554,8 @@ class Daemon:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flush(), timeout=flush_seconds)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.outbox.release(), timeout=flush_seconds)
         if self.source is not None:
             await self.source.close()
         await self.neutron.close()
@@ -520,6 +567,113 @@ class Daemon:
     async def _flush(self) -> None:
         for sink in self.outbox.sinks:
             await self.outbox.drain_once(sink)
+
+    # --- the exposure policy (policy.file) ------------------------------------
+
+    _expiries_recorded: set[str] | None = None  # exception expiries known to be in the store
+    policy_expiry_seconds = 5.0  # how often policy_expiry looks for expired exceptions
+
+    async def reload_policy(self) -> bool:
+        """Read policy.file again (SIGHUP) and swap it in between two batches.
+
+        An invalid file is reported and the policy in force stays; nothing is
+        dropped or processed twice either way.
+        """
+        from dataclasses import replace
+
+        from osel.policy import PolicyError, load_policy
+
+        path = self.settings.policy.file
+        if path is None:
+            log.warning("SIGHUP: policy.file is not set; there is no policy to reload")
+            return False
+        try:
+            policy = await asyncio.to_thread(load_policy, path)
+        except PolicyError as exc:
+            log.error(
+                "policy %s not reloaded; the policy in force stays: %s",
+                path,
+                "; ".join(str(p) for p in exc.problems),
+            )
+            return False
+        async with self.lock:  # the pipeline is between two batches
+            old = self.pipeline.rules.policy
+            self.pipeline.rules = replace(self.pipeline.rules, policy=policy)
+        log.info(
+            "policy %s reloaded: %s (was %s)",
+            path,
+            policy.summary(),
+            old.summary() if old is not None else "no policy",
+        )
+        return True
+
+    async def policy_expiry(self, stop: asyncio.Event) -> None:
+        """Record each policy exception's expiry, once (record_type policy)."""
+        while not stop.is_set():
+            try:
+                await self.expire_policy_once()
+            except Exception as exc:
+                log.warning(
+                    "could not record the expiry of a policy exception (retrying): %s",
+                    describe_error(exc),
+                )
+            await _sleep(stop, self.policy_expiry_seconds)
+
+    async def expire_policy_once(self) -> int:
+        """Commit a `policy_exception_expired` record for each newly expired exception.
+
+        Once per exception and expiry, across restarts and instances: the record id
+        derives from the exception's name and expiry (the store refuses a second
+        one), and a meta key spares later starts the attempt.
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        from osel.decide import policy_expiry_record
+
+        rules = self.pipeline.rules
+        if rules.policy is None:
+            return 0
+        if self._expiries_recorded is None:
+            self._expiries_recorded = set()
+        now = rules.now()
+        written = 0
+        for exc in rules.policy.expired(now):
+            if exc.expiry_key in self._expiries_recorded:
+                continue
+            record = policy_expiry_record(exc, now, instance=self.instance)
+            meta = f"policy_expired:{record['record_id']}"
+            if await self.store.get_meta(meta) is None:
+                try:
+                    await self.store.commit(Batch(records=[record]))
+                    written += 1
+                    log.info(
+                        "policy exception %s (owner %s, ticket %s) expired at %s: what it "
+                        "matched is scanned again",
+                        exc.name,
+                        exc.owner,
+                        exc.ticket,
+                        record["expired_at"],
+                    )
+                except IntegrityError:
+                    pass  # another instance recorded it first
+                with contextlib.suppress(IntegrityError):
+                    await self.store.set_meta(meta, exc.expiry_key)
+            self._expiries_recorded.add(exc.expiry_key)
+        if written:
+            self.outbox.wake.set()
+        return written
+
+
+# Every event type osel handles, as it appears in a raw message body (in the oslo 2.0
+# envelope too, where the inner JSON is a string and only quotes are escaped).
+_HANDLED = tuple(sorted(event_type.encode() for event_type in HANDLERS))
+
+
+def might_change_inventory(items: list[Item]) -> bool:
+    """False only for batches that surely hold no message osel handles, which need
+    no inventory lock (most of a cloud's notifications). A body with \\u escapes might
+    spell an event type differently: it counts as possibly handled."""
+    return any(b"\\u" in item.body or any(name in item.body for name in _HANDLED) for item in items)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
@@ -536,6 +690,16 @@ async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return None
+
+
+async def _wait_any(events: list[asyncio.Event], seconds: float) -> None:
+    """Return when one of `events` is set, or after `seconds`."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

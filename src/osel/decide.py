@@ -1,7 +1,8 @@
 """`Change` -> audit records, scan targets and exposure-window operations.
 
 Pure: the same change and the same rules always give the same records (bar
-`observed_at` and the record ids, which the caller supplies).
+`observed_at` and the record ids, which the caller supplies). The rules carry
+the exposure policy and the clock its exceptions' expiry is judged by.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from osel.exposure import Permit, rule_remotes
 from osel.handlers import AUDIT_ONLY, Change, Effect
+from osel.policy import Outcome, Policy, PolicyException, Subject, iso
 
 SOURCE_TYPE = "osel2.0"
 ADMIN_PORTS = frozenset(
@@ -29,6 +31,8 @@ class Rules:
     trigger: str = "all_ingress"  # all_ingress | internet_exposed
     scan_on_rule_delete: bool = True
     scan_enabled: bool = True
+    policy: Policy | None = None  # policy.file, compiled; None: every candidate is scanned
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)  # expiry of policy exceptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,22 @@ def _scan_verdict(change: Change, effect: Effect, internet: bool, rules: Rules) 
 
 def priority(effect: Effect, internet: bool) -> int:
     """Risk order: internet-exposed administrative ports first."""
-    permits = effect.opened or effect.closed
+    return risk_priority(effect.opened or effect.closed, internet)
+
+
+def policy_priority(label: str, risk: int) -> int:
+    """A policy `priority:` on the scan-target scale (0 first ... 3 last).
+
+    Internet exposure keeps its place (0-1 exposed, 2-3 not: scan records derive
+    their internet_exposed from it); within it, `high` goes first and `low` last,
+    whatever the port; `normal` keeps the risk order.
+    """
+    first = 0 if risk < 2 else 2
+    return {"high": first, "low": first + 1}.get(label, risk)
+
+
+def risk_priority(permits: list[Permit], internet: bool) -> int:
+    """0 internet-exposed admin port, 1 internet-exposed, 2 admin port, 3 the rest."""
     admin = any(
         p.protocol in (None, "tcp", "udp")
         and any(p.port_min <= port <= p.port_max for port in ADMIN_PORTS)
@@ -152,14 +171,81 @@ def _base(change: Change, observed_at: str, instance: str, broker: str) -> dict[
         "qualys_scan_id": "",
         "qualys_scan_error": "",
         "scan_state": "skipped",
+        "scan_priority": None,
+        "policy_rule": "",
+        "policy_action": "",
+        "policy_matches": [],
         "scan_batch_id": "",
         "source_message_bus": broker,
         "osel_instance": instance,
     }
 
 
+EXPIRY_NAMESPACE = uuid.UUID("5d0c1b9e-3f57-4c43-9a51-0e6b4f0a7c21")
+
+
+def policy_expiry_record(exc: PolicyException, now: datetime, *, instance: str) -> dict[str, Any]:
+    """The audit record of an exception that expired (record_type policy).
+
+    Its record_id derives from the exception's name and expiry, so every instance
+    and every restart builds the same one and the store keeps it once.
+    """
+    single = (
+        exc.match.project_id[0] if exc.match.project_id and len(exc.match.project_id) == 1 else ""
+    )
+    return {
+        "source_type": SOURCE_TYPE,
+        "record_type": "policy",
+        "record_id": str(uuid.uuid5(EXPIRY_NAMESPACE, exc.expiry_key)),
+        "change_type": "policy_exception_expired",
+        "event_type": "osel.policy",
+        "message_id": "",
+        "timestamp": iso(exc.expires),
+        "observed_at": now.astimezone(UTC)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z"),
+        "project_id": single,
+        "affected_ip_address": "",
+        "internet_exposed": False,
+        "scan_state": "",
+        "policy_rule": exc.name,
+        "policy_kind": "exception",
+        "policy_action": exc.action,
+        "policy_match": exc.match.describe(),
+        "policy_owner": exc.owner,
+        "policy_reason": exc.reason,
+        "policy_ticket": exc.ticket,
+        "expired_at": iso(exc.expires),
+        "qualys_scan_error": "",
+        "osel_instance": instance,
+    }
+
+
 def _unique(permits: list[Permit]) -> list[Permit]:
     return list({p.key: p for p in permits}.values())
+
+
+def record_subject(record: dict[str, Any]) -> Subject:
+    return Subject(
+        record["project_id"],
+        record["security_group_id"],
+        record["port_id"],
+        record["affected_ip_address"],
+    )
+
+
+def _policy(record: dict[str, Any], effect: Effect, rules: Rules) -> Outcome | None:
+    """The policy's outcome for a record that would be scanned, written into the record."""
+    if rules.policy is None:
+        return None
+    permits = effect.opened or effect.closed
+    outcome = rules.policy.outcome(record_subject(record), permits, rules.now())
+    record.update(
+        policy_rule=outcome.rule,
+        policy_action=outcome.action,
+        policy_matches=outcome.matches_json(),
+    )
+    return outcome
 
 
 def decide(
@@ -190,22 +276,24 @@ def decide(
             record["floating_ip_id"] = effect.address.floating_ip_id
         reason = rules.out_of_scope(address)
         verdict = _scan_verdict(change, effect, internet, rules)
+        outcome = None
+        if reason is None and verdict is None:
+            outcome = _policy(record, effect, rules)
         if reason is not None:
             record.update(scan_state="out_of_scope", qualys_scan_error=reason)
         elif verdict is not None:
             record.update(scan_state="skipped", qualys_scan_error=verdict)
+        elif outcome is not None and not outcome.scanned:
+            record.update(scan_state="record_only", qualys_scan_error=outcome.reason())
         elif not rules.scan_enabled:
             record.update(scan_state="skipped", qualys_scan_error="scanning is disabled")
         else:
-            record["scan_state"] = "queued"
+            rank = priority(effect, internet)
+            if outcome is not None:
+                rank = policy_priority(outcome.priority, rank)
+            record.update(scan_state="queued", scan_priority=rank)
             out.targets.append(
-                Target(
-                    address,
-                    record["record_id"],
-                    change.notification.message_id,
-                    priority(effect, internet),
-                    internet,
-                )
+                Target(address, record["record_id"], change.notification.message_id, rank, internet)
             )
         ts = record["timestamp"] or observed
         after_keys = {p.key for p in effect.after}

@@ -125,16 +125,24 @@ class Outbox:
         if self.stopped(sink):
             return 0
         sink_id = sink.sink_id
-        position = await self.store.claim_sink(sink_id, self.owner, self.lease_seconds)
-        if position is None:
+        claim = await self.store.claim_sink(sink_id, self.owner, self.lease_seconds)
+        if claim is None:
             if sink_id in self.holding:
                 self.holding.discard(sink_id)
                 log.warning("audit sink %s: another instance took over its delivery", sink_id)
             return 0
+        position = claim.position
         if sink_id not in self.holding:
             self.holding.add(sink_id)
             self._attached.discard(sink_id)  # take in what the previous holder left
-            log.info("audit sink %s: this instance delivers from record %d", sink_id, position)
+            if claim.previous not in (None, self.owner):
+                log.info(
+                    "audit sink %s: delivery taken over from %s (its lease ran out), from "
+                    "record %d",
+                    sink_id,
+                    claim.previous,
+                    position,
+                )
         if sink_id not in self._attached and isinstance(sink, StatefulSink):
             await sink.attach(self.store)
         self._attached.add(sink_id)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import sqlalchemy
 import yaml
 
 from tests.integration.neutron_fixtures import clouds_yaml, unique
@@ -37,6 +37,19 @@ def delete_queue(name: str) -> None:
         conn.close()
 
 
+def store_query(url: str, sql: str) -> list[Any]:
+    """Rows of a query on a store given by its osel URL (SQLite or PostgreSQL)."""
+    sync_url = sqlalchemy.make_url(url)
+    if sync_url.get_backend_name() == "postgresql":
+        sync_url = sync_url.set(drivername="postgresql+psycopg")
+    engine = sqlalchemy.create_engine(sync_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sqlalchemy.text(sql))]
+    finally:
+        engine.dispose()
+
+
 class OselProcess:
     """`osel run` with a dry-run scanner, a JSONL audit file and its own queue."""
 
@@ -47,19 +60,25 @@ class OselProcess:
         window_seconds: float = 1.0,
         extra: dict[str, Any] | None = None,
         http: bool = False,
+        store_url: str | None = None,
+        queue: str | None = None,
+        instance: str = "osel-test",
+        audit: Path | None = None,
     ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
-        self.queue = unique("queue")
-        self.audit = workdir / "audit.jsonl"
+        self.queue = queue or unique("queue")
+        self.audit = audit or workdir / "audit.jsonl"
         self.log = workdir / "osel.log"
         self.config = workdir / "osel.yaml"
+        self.store_url = store_url or f"sqlite:///{workdir}/osel.db"
         settings: dict[str, Any] = {
-            "service": {"instance_name": "osel-test", "batch_wait_ms": 20},
+            "service": {"instance_name": instance, "batch_wait_ms": 20},
             "amqp": {"queue": self.queue, "prefetch": 200},
             "openstack": {"cloud": "osel", "resync_minutes": 0},
             "scan": {"backend": "dry-run", "window_seconds": window_seconds},
             "audit": {"sinks": [{"type": "file", "path": str(self.audit)}]},
-            "store": {"url": f"sqlite:///{workdir}/osel.db"},
+            "store": {"url": self.store_url},
             "http": {"enabled": http, "bind": f"127.0.0.1:{free_port()}"},
         }
         for section, values in (extra or {}).items():
@@ -121,9 +140,13 @@ class OselProcess:
 
     def store_records(self) -> list[Record]:
         """Every audit record committed in the store (the source of truth)."""
-        with sqlite3.connect(self.workdir / "osel.db") as db:
-            rows = db.execute("SELECT body FROM audit_records ORDER BY id").fetchall()
-        return [json.loads(body) for (body,) in rows]
+        return [
+            json.loads(body) for (body,) in self.query("SELECT body FROM audit_records ORDER BY id")
+        ]
+
+    def query(self, sql: str) -> list[Any]:
+        """Rows of a query on osel's store (SQLite or PostgreSQL)."""
+        return store_query(self.store_url, sql)
 
     def queue_depth(self) -> int:
         conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))

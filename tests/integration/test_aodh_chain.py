@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -89,7 +88,9 @@ def project(admin: nf.Connection, cleanup: nf.Cleanup, aodh: Any) -> Iterator[st
     yield pid
 
 
-def aodh_osel(workdir: Path, secret: str, *, trust: bool = False, **http: Any) -> OselProcess:
+def aodh_osel(
+    workdir: Path, secret: str, store_url: str, *, trust: bool = False, **http: Any
+) -> OselProcess:
     """An osel fed by Aodh only: AMQP source off, HTTP on."""
     workdir.mkdir()
     port = free_port()
@@ -100,7 +101,12 @@ def aodh_osel(workdir: Path, secret: str, *, trust: bool = False, **http: Any) -
         "aodh_alarm_prefix": f"osel-test-{uuid.uuid4().hex[:6]}",
         **http,
     }
-    return OselProcess(workdir, http=True, extra={"amqp": {"enabled": False}, "http": settings})
+    return OselProcess(
+        workdir,
+        http=True,
+        store_url=store_url,
+        extra={"amqp": {"enabled": False}, "http": settings},
+    )
 
 
 def aodh_setup(osel: OselProcess, project: str) -> str:
@@ -133,21 +139,19 @@ def same(records: list[Record]) -> list[dict[str, Any]]:
 
 def table_counts(osel: OselProcess) -> dict[str, int]:
     """Rows of every table but `meta` (the daemon's own bookkeeping: start-up, probes)."""
-    with sqlite3.connect(osel.workdir / "osel.db") as db:
-        names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {
-            n: int(db.execute(f'SELECT COUNT(*) FROM "{n}"').fetchone()[0])
-            for n in names
-            if n != "meta"
-        }
+    names = [name for (name,) in osel.query(
+        "SELECT name FROM sqlite_master WHERE type='table'"
+        if osel.store_url.startswith("sqlite")
+        else "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    )]  # fmt: skip
+    return {n: int(osel.query(f'SELECT COUNT(*) FROM "{n}"')[0][0]) for n in names if n != "meta"}
 
 
 def test_a_rule_created_in_neutron_reaches_osel_through_aodh_alone_with_the_same_records(
-    admin, cleanup, project, tmp_path
+    admin, cleanup, project, tmp_path, new_store_url
 ):
-    (tmp_path / "amqp").mkdir()
-    by_bus = OselProcess(tmp_path / "amqp")
-    by_aodh = aodh_osel(tmp_path / "aodh", uuid.uuid4().hex)
+    by_bus = OselProcess(tmp_path / "amqp", store_url=new_store_url(tmp_path / "amqp"))
+    by_aodh = aodh_osel(tmp_path / "aodh", uuid.uuid4().hex, new_store_url(tmp_path / "aodh"))
     try:
         by_bus.start()
         by_aodh.start()
@@ -196,9 +200,11 @@ def test_a_rule_created_in_neutron_reaches_osel_through_aodh_alone_with_the_same
         by_bus.close()
 
 
-def test_a_post_without_the_right_token_gets_401_and_changes_nothing(admin, cleanup, tmp_path):
+def test_a_post_without_the_right_token_gets_401_and_changes_nothing(
+    admin, cleanup, tmp_path, store_url
+):
     secret = uuid.uuid4().hex
-    osel = aodh_osel(tmp_path / "aodh", secret)
+    osel = aodh_osel(tmp_path / "aodh", secret, store_url)
     group = nf.create_security_group(admin, cleanup)
     rule_id = str(uuid.uuid4())
     project = str(group.project_id)
@@ -260,11 +266,16 @@ def test_a_post_without_the_right_token_gets_401_and_changes_nothing(admin, clea
 
 
 def test_trust_actions_carry_a_keystone_token_that_osel_validates(
-    admin, cleanup, project, tmp_path
+    admin, cleanup, project, tmp_path, store_url
 ):
     secret = uuid.uuid4().hex
     osel = aodh_osel(
-        tmp_path / "aodh", secret, trust=True, keystone_validate=True, keystone_users=["admin"]
+        tmp_path / "aodh",
+        secret,
+        store_url,
+        trust=True,
+        keystone_validate=True,
+        keystone_users=["admin"],
     )
     try:
         osel.start()

@@ -41,9 +41,9 @@ def change_counts(records: list[Record]) -> Counter[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("point", ["before_commit", "before_ack"])
 def test_sigkill_around_the_commit_loses_and_repeats_nothing(
-    admin, cleanup, tmp_path: Path, point: str
+    admin, cleanup, tmp_path: Path, point: str, store_url: str
 ):
-    osel = OselProcess(tmp_path)
+    osel = OselProcess(tmp_path, store_url=store_url)
     try:
         osel.start()  # declares the queue, loads the inventory
         assert osel.stop() == 0

@@ -43,8 +43,8 @@ def sim() -> Iterator[tuple[HecSimulator, str]]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = Store(f"sqlite:///{tmp_path}/osel.db")
+async def store(store_url: str):
+    s = Store(store_url)
     await s.migrate()
     yield s
     await s.close()
@@ -109,12 +109,12 @@ async def test_busy_then_late_out_of_order_acks_every_record_exactly_once(sim, s
     assert len(simulator.acks_reported) == statuses[200]
 
 
-def daemon_settings(tmp_path: Path, url: str, token_file: Path) -> Settings:
+def daemon_settings(tmp_path: Path, url: str, token_file: Path, store_url: str) -> Settings:
     return Settings.model_validate(
         {
             "service": {"instance_name": "osel-test"},
             "scan": {"backend": "dry-run", "window_seconds": 0},
-            "store": {"url": f"sqlite:///{tmp_path}/osel.db"},
+            "store": {"url": store_url},
             "audit": {
                 "sinks": [
                     {"type": "file", "path": str(tmp_path / "audit.jsonl")},
@@ -147,12 +147,12 @@ def file_records(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 async def test_a_bad_token_one_error_line_records_wait_then_go_out_after_a_restart(
-    sim, tmp_path: Path, caplog
+    sim, tmp_path: Path, caplog, store_url: str
 ):
     simulator, url = sim
     token_file = tmp_path / "hec.token"
     token_file.write_text("00000000-dead-beef-0000-000000000000\n")
-    settings = daemon_settings(tmp_path, url, token_file)
+    settings = daemon_settings(tmp_path, url, token_file, store_url)
     hec_id = f"splunk_hec:{url}"
     source = FakeSource()
     daemon = Daemon(settings, neutron=neutron_world(), source=source, backoff=FAST)
@@ -183,7 +183,7 @@ async def test_a_bad_token_one_error_line_records_wait_then_go_out_after_a_resta
     await store.close()
 
     token_file.write_text(TOKEN + "\n")  # the token is fixed and osel restarted
-    fixed = Daemon(daemon_settings(tmp_path, url, token_file), neutron=neutron_world(),
+    fixed = Daemon(daemon_settings(tmp_path, url, token_file, store_url), neutron=neutron_world(),
                    source=FakeSource(), backoff=FAST)  # fmt: skip
     stop = asyncio.Event()
     runner = asyncio.create_task(fixed.run(stop))

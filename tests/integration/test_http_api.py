@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from osel.store import queries
 from osel.store.store import Batch, Store
 from tests import messages as m
 from tests.fakes import FakeNeutron
+from tests.pg import postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +60,9 @@ async def _fill(store: Store) -> None:
     await Scheduler(store, DryRunBackend(), window_seconds=0, max_targets=5, instance="t").tick()
 
 
-def _serve(db: Path, started: threading.Event, stop_flag: threading.Event, port: list[int]) -> None:
+def _serve(url: str, started: threading.Event, stop_flag: threading.Event, port: list[int]) -> None:
     async def main() -> None:
-        store = Store(f"sqlite:///{db}")
+        store = Store(url)
         await store.migrate()
         await _fill(store)
         health = Health()
@@ -90,20 +91,23 @@ def _serve(db: Path, started: threading.Event, stop_flag: threading.Event, port:
     asyncio.run(main())
 
 
-@pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    started, stop_flag = threading.Event(), threading.Event()
-    port: list[int] = []
-    thread = threading.Thread(
-        target=_serve,
-        args=(tmp_path_factory.mktemp("api") / "osel.db", started, stop_flag, port),
-        daemon=True,
-    )
-    thread.start()
-    assert started.wait(30), "the HTTP server did not start"
-    yield f"http://127.0.0.1:{port[0]}"
-    stop_flag.set()
-    thread.join(10)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'osel.db'}"
+        else:
+            url = stack.enter_context(postgres_database())
+        started, stop_flag = threading.Event(), threading.Event()
+        port: list[int] = []
+        thread = threading.Thread(target=_serve, args=(url, started, stop_flag, port), daemon=True)
+        thread.start()
+        assert started.wait(30), "the HTTP server did not start"
+        yield f"http://127.0.0.1:{port[0]}"
+        stop_flag.set()
+        thread.join(10)
 
 
 def test_api_conforms_to_its_openapi_document(api_url: str) -> None:

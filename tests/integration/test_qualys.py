@@ -39,9 +39,10 @@ def qualys() -> Iterator[tuple[QualysSimulator, str]]:
         yield sim, url
 
 
-def qualys_osel(workdir: Path, url: str, *, window: float = 5.0) -> OselProcess:
+def qualys_osel(workdir: Path, url: str, store_url: str, *, window: float = 5.0) -> OselProcess:
     return OselProcess(
         workdir,
+        store_url=store_url,
         window_seconds=window,
         http=True,
         extra={
@@ -80,9 +81,11 @@ def osel_cli(osel: OselProcess, *args: str) -> str:
     return done.stdout
 
 
-def test_changes_become_one_qualys_scan_followed_to_the_end(admin, cleanup, tmp_path, qualys):
+def test_changes_become_one_qualys_scan_followed_to_the_end(
+    admin, cleanup, tmp_path, qualys, store_url
+):
     sim, url = qualys
-    osel = qualys_osel(tmp_path, url)
+    osel = qualys_osel(tmp_path, url, store_url)
     try:
         osel.start()
         ext, _ = nf.create_external_network(admin, cleanup)
@@ -179,10 +182,10 @@ def launch_reference(sim: QualysSimulator, title: str) -> str:
 
 
 def test_sigkill_right_after_a_launch_reached_qualys_never_launches_it_again(
-    admin, cleanup, tmp_path, qualys
+    admin, cleanup, tmp_path, qualys, store_url
 ):
     sim, url = qualys
-    osel = qualys_osel(tmp_path, url, window=1.0)
+    osel = qualys_osel(tmp_path, url, store_url, window=1.0)
     try:
         osel.start()
         ext, _ = nf.create_external_network(admin, cleanup)
@@ -231,8 +234,8 @@ def test_sigkill_right_after_a_launch_reached_qualys_never_launches_it_again(
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite:///{tmp_path}/osel.db")
+async def db(store_url: str) -> AsyncIterator[Store]:
+    store = Store(store_url)
     await store.migrate()
     yield store
     await store.close()

@@ -31,7 +31,9 @@ def osel_cli(config: Path, *args: str) -> str:
     return result.stdout
 
 
-def test_oversized_message_quarantined_then_retried_after_the_limit_is_raised(tmp_path: Path):
+def test_oversized_message_quarantined_then_retried_after_the_limit_is_raised(
+    tmp_path: Path, store_url: str
+):
     dlx, dead = f"osel-test-dlx-{uuid.uuid4().hex[:8]}", f"osel-test-dead-{uuid.uuid4().hex[:8]}"
     conn = pika.BlockingConnection(pika.URLParameters(URL))
     channel = conn.channel()
@@ -40,6 +42,7 @@ def test_oversized_message_quarantined_then_retried_after_the_limit_is_raised(tm
     channel.queue_bind(dead, dlx)
     osel = OselProcess(
         tmp_path,
+        store_url=store_url,
         extra={"service": {"max_message_bytes": 1024}, "amqp": {"dead_letter_exchange": dlx}},
     )
     try:

@@ -21,7 +21,6 @@ import pika
 import pytest
 
 from tests import messages as m
-from tests.integration import neutron_fixtures as nf
 from tests.integration.osel_process import AMQP_URL, OselProcess, Record
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -29,9 +28,14 @@ pytestmark = pytest.mark.integration
 REPORTS = Path(__file__).parents[2] / "var" / "reports"
 
 
-def report(name: str, figures: dict[str, Any]) -> None:
+def report(name: str, figures: dict[str, Any], store_url: str) -> None:
+    """Figures for docs/reliability.md, one file per test and store (name[-postgresql])."""
     REPORTS.mkdir(parents=True, exist_ok=True)
-    (REPORTS / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True))
+    suffix = "-postgresql" if store_url.startswith("postgresql") else ""
+    path = REPORTS / f"{name}{suffix}.json"
+    path.write_text(
+        json.dumps({**figures, "store": store_url.split(":")[0]}, indent=2, sort_keys=True)
+    )
 
 
 def traffic(group_id: str, relevant: int, *, noise_per_relevant: int = 9) -> list[bytes]:
@@ -109,18 +113,11 @@ def wait_drained(osel: OselProcess, expected: set[str], timeout: float = 120) ->
     )
 
 
-@pytest.fixture
-def group(admin, cleanup) -> tuple[str, list[str]]:
-    """A real group with two ports, so rule changes have addresses to scan."""
-    net, _ = nf.create_private_network(admin, cleanup)
-    sg = nf.create_security_group(admin, cleanup)
-    ports = [nf.create_port(admin, cleanup, network=net, security_groups=[sg.id]) for _ in range(2)]
-    return sg.id, [p.fixed_ips[0]["ip_address"] for p in ports]
-
-
-def test_sigterm_finishes_in_flight_work_and_exits_0_within_10s(group, tmp_path: Path):
+def test_sigterm_finishes_in_flight_work_and_exits_0_within_10s(
+    group, tmp_path: Path, store_url: str
+):
     sg_id, ips = group
-    osel = OselProcess(tmp_path)
+    osel = OselProcess(tmp_path, store_url=store_url)
     try:
         osel.start()
         bodies = traffic(sg_id, 300)
@@ -135,18 +132,21 @@ def test_sigterm_finishes_in_flight_work_and_exits_0_within_10s(group, tmp_path:
         osel.start()
         records = wait_drained(osel, relevant_ids(bodies))
         exactly_once(records, relevant_ids(bodies), len(ips))
-        report("sigterm", {"stop_seconds": round(took, 2), "messages": len(bodies)})
+        report("sigterm", {"stop_seconds": round(took, 2), "messages": len(bodies)}, osel.store_url)
     finally:
         osel.close()
 
 
 @pytest.mark.timeout(300)
-def test_cut_and_refused_broker_connections_lose_and_repeat_nothing(group, tmp_path: Path):
+def test_cut_and_refused_broker_connections_lose_and_repeat_nothing(
+    group, tmp_path: Path, store_url: str
+):
     sg_id, ips = group
     proxy = TcpProxy()
     cap = 2.0
     osel = OselProcess(
         tmp_path,
+        store_url=store_url,
         extra={
             "amqp": {
                 "transport_url": f"rabbit://guest:guest@127.0.0.1:{proxy.port}/",
@@ -199,6 +199,7 @@ def test_cut_and_refused_broker_connections_lose_and_repeat_nothing(group, tmp_p
                 "records_lost": 0,
                 "records_duplicated": 0,
             },
+            osel.store_url,
         )
     finally:
         osel.close()
@@ -206,10 +207,10 @@ def test_cut_and_refused_broker_connections_lose_and_repeat_nothing(group, tmp_p
 
 
 @pytest.mark.timeout(600)
-def test_twenty_sigkills_at_random_points(group, tmp_path: Path):
+def test_twenty_sigkills_at_random_points(group, tmp_path: Path, store_url: str):
     sg_id, ips = group
     rng = random.Random(20)
-    osel = OselProcess(tmp_path, window_seconds=0.3)
+    osel = OselProcess(tmp_path, window_seconds=0.3, store_url=store_url)
     kills = busy = 0
     bodies: list[bytes] = []
     try:
@@ -258,6 +259,7 @@ def test_twenty_sigkills_at_random_points(group, tmp_path: Path):
                 "records_lost": 0,
                 "duplicate_lines_in_file": len(osel.records()) - len(in_file),
             },
+            osel.store_url,
         )
     finally:
         osel.close()

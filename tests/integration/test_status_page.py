@@ -45,8 +45,8 @@ def chromium(*args: str) -> str:
     return result.stdout
 
 
-def test_metrics_readiness_and_status_page(admin, cleanup, tmp_path: Path):
-    osel = OselProcess(tmp_path, http=True)
+def test_metrics_readiness_and_status_page(admin, cleanup, tmp_path: Path, store_url: str):
+    osel = OselProcess(tmp_path, http=True, store_url=store_url)
     try:
         osel.start()
         ext, _ = nf.create_external_network(admin, cleanup)

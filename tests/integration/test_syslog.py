@@ -122,8 +122,8 @@ async def commit(store: Store, mark: str, numbers: range) -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = Store(f"sqlite:///{tmp_path}/osel.db")
+async def store(store_url: str):
+    s = Store(store_url)
     await s.migrate()
     yield s
     await s.close()

@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,8 @@ FAST = BackoffPolicy(initial=0.05, cap=0.5)
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = Store(f"sqlite:///{tmp_path}/osel.db")
+async def store(store_url: str):
+    s = Store(store_url)
     await s.migrate()
     yield s
     await s.close()

@@ -18,6 +18,7 @@ from osel.sinks.syslog import (
     SyslogSink,
     SyslogUnavailable,
     frame,
+    structured_data,
     tls_context,
 )
 from tests import messages as m
@@ -265,3 +266,11 @@ def test_from_settings():
     assert (s.sink_id, s.framing, s.format, s.facility, s.app_name, s.hostname) == (
         "syslog:127.0.0.1:1514", "newline", "rfc3164", 4, "audit", "osel-9"
     )  # fmt: skip
+
+
+def test_what_the_policy_decided_is_in_the_structured_data():
+    sd = structured_data(
+        {"record_id": "r1", "policy_rule": "web-tier", "policy_action": "record_only"}
+    )
+    assert 'policy_rule="web-tier"' in sd and 'policy_action="record_only"' in sd
+    assert "policy_rule" not in structured_data({"record_id": "r1", "policy_rule": ""})

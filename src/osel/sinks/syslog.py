@@ -72,6 +72,8 @@ SD_FIELDS = (
     "scan_state",
     "qualys_scan_id",
     "scan_batch_id",
+    "policy_rule",
+    "policy_action",
 )
 UDP_MAX_PAYLOAD = 65507  # the largest IPv4 UDP payload
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -133,6 +133,14 @@ def learned(body: dict[str, Any], row: Any) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An audit sink's delivery lease, taken: where its cursor is, who held it before."""
+
+    position: int
+    previous: str | None
+
+
 class Store:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -481,9 +489,9 @@ class Store:
 
     # --- several instances: audit sink leases ------------------------------
 
-    async def claim_sink(self, sink: str, owner: str, lease_seconds: float) -> int | None:
-        """Take or renew the lease on delivering to `sink`; its cursor position, or None
-        while another instance's lease runs."""
+    async def claim_sink(self, sink: str, owner: str, lease_seconds: float) -> Claim | None:
+        """Take or renew the lease on delivering to `sink`: its cursor position and the
+        previous holder, or None while another instance's lease runs."""
         c = t.sink_cursors
         now = utcnow()
         until = now + timedelta(seconds=lease_seconds)
@@ -508,13 +516,13 @@ class Store:
                         )
                 except IntegrityError:
                     return None  # another instance created it first
-                return 0
+                return Claim(0, None)
             if row.owner not in (None, owner) and _aware(row.lease_until) > now:
                 return None
             await conn.execute(
                 update(c).where(c.c.sink == sink).values(owner=owner, lease_until=until)
             )
-            return int(row.position)
+            return Claim(int(row.position), row.owner)
 
     async def advance_cursor(
         self, sink: str, owner: str, position: int, lease_seconds: float
