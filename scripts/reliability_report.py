@@ -52,6 +52,22 @@ ROWS = [
         "lost {records_lost}, duplicate lines in the JSONL file {duplicate_lines_in_file}",
     ),
     (
+        "the same on PostgreSQL",
+        "kills-postgresql",
+        "{sigkills} kills ({killed_with_work_queued} with work queued), {relevant} relevant of "
+        "{notifications} notifications, {scan_batches} scan batches each launched once, records "
+        "lost {records_lost}, duplicate lines in the JSONL file {duplicate_lines_in_file}",
+    ),
+    (
+        "three instances on one PostgreSQL store, the audit sink's holder SIGKILLed",
+        "several_instances-postgresql",
+        "{relevant} relevant of {notifications} notifications, {queued_when_killed} queued at the "
+        "kill; changes per instance {changes_by_instance}; {scan_batches_launched} scan batches "
+        "each launched once; records lost {records_lost}, duplicate lines in the shared JSONL "
+        "file {duplicate_lines_in_file}; the sink taken over by {sink_taken_over_by}; drained in "
+        "{seconds_to_drain} s",
+    ),
+    (
         "SIGTERM under load",
         "sigterm",
         "stopped in {stop_seconds} s with {messages} notifications queued; none lost",
