@@ -66,6 +66,7 @@ def parse_network(prefix: str) -> IPNetwork | None:
         return None
 
 
+@lru_cache(maxsize=4096)
 def is_internet_prefix(prefix: str) -> bool:
     """True unless the prefix lies wholly inside private address space.
 
@@ -170,6 +171,7 @@ def port_permits(
     return permits
 
 
+@lru_cache(maxsize=16384)
 def _remote_covers(outer: str, inner: str) -> bool:
     if outer == inner:
         return True

@@ -18,12 +18,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Table, delete, event, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from osel.decide import Decision
+from osel.decide import Decision, WindowOp
 from osel.inventory import Dirty, Inventory
 from osel.model import AddressGroup, FloatingIP, Port, Rule, SecurityGroup
 from osel.store import tables as t
@@ -202,8 +202,7 @@ class Store:
                         for m, e in batch.message_ids
                     ],
                 )
-            for decision in batch.decisions:
-                await self._windows(conn, decision)
+            await self._windows(conn, batch.decisions)
             records = [r for d in batch.decisions for r in d.records] + batch.records
             if records:
                 await conn.execute(insert(t.audit_records), [_record_row(r, now) for r in records])
@@ -239,63 +238,59 @@ class Store:
             # inventory lock across refresh, handling and commit), so this is the newest
             self.inventory_rev = max(self.inventory_rev, rev)
 
-    async def _windows(self, conn: AsyncConnection, decision: Decision) -> None:
+    async def _windows(self, conn: AsyncConnection, decisions: list[Decision]) -> None:
         """Keep one open window per (address, permit) in effect; close the ones that end.
 
-        Opening an already open window changes nothing. A record whose `closed`
-        list names a permit learns when its window opened.
+        The decisions' window operations apply in order, with one read of the open
+        windows of their addresses and one bulk insert and update for the whole
+        commit. Opening an already open window changes nothing. A record whose
+        `closed` list names a permit learns when its window opened.
         """
-        if not decision.windows:
+        ops = [(d, op) for d in decisions for op in d.windows]
+        if not ops:
             return
         w = t.exposure_windows
-        addresses = sorted({op.address for op in decision.windows})
-        open_rows: dict[tuple[str, str, int, int, str], Any] = {}
-        for chunk in _chunks(addresses, 500):
+        Key = tuple[str, str, int, int, str]
+        stored: dict[Key, Any] = {}  # open in the store
+        for chunk in _chunks(sorted({op.address for _, op in ops}), 500):
             rows = await conn.execute(
-                select(w).where(w.c.address.in_(chunk) & w.c.closed_at.is_(None))
-            )
+                select(w.c.id, w.c.address, w.c.protocol, w.c.port_min, w.c.port_max, w.c.remote,
+                       w.c.opened_at)
+                .where(w.c.address.in_(chunk) & w.c.closed_at.is_(None))
+            )  # fmt: skip
             for row in rows:
-                open_rows[(row.address, row.protocol, row.port_min, row.port_max, row.remote)] = row
-        bodies = {r["record_id"]: r for r in decision.records}
+                stored[(row.address, row.protocol, row.port_min, row.port_max, row.remote)] = row
+        fresh: dict[Key, dict[str, Any]] = {}  # opened by this commit, still open
         inserts: list[dict[str, Any]] = []
-        for op in decision.windows:
+        updates: list[dict[str, Any]] = []
+        bodies: dict[str, dict[str, Any]] = {}
+        for decision, op in ops:
             p = op.permit
             key = (op.address, p.protocol or "any", p.port_min, p.port_max, p.remote)
             if op.action == "open":
-                if key not in open_rows:
-                    open_rows[key] = None
-                    inserts.append(
-                        {
-                            "address": op.address,
-                            "protocol": key[1],
-                            "port_min": p.port_min,
-                            "port_max": p.port_max,
-                            "remote": p.remote,
-                            "internet_exposed": p.internet,
-                            "rule_id": p.rule_id,
-                            "security_group_id": p.security_group_id,
-                            "opened_at": op.at,
-                            "opened_record": op.record_uuid,
-                        }
-                    )
+                if key not in stored and key not in fresh:
+                    fresh[key] = _window_row(op, key[1])
+                    inserts.append(fresh[key])
                 continue
-            row = open_rows.pop(key, None)
-            if row is not None:
-                await conn.execute(
-                    update(w)
-                    .where(w.c.id == row.id)
-                    .values(closed_at=op.at, closed_record=op.record_uuid)
-                )
-            for closed in bodies[op.record_uuid]["closed"]:
-                if (
-                    op.address,
-                    closed["protocol"],
-                    closed["port_range_min"],
-                    closed["port_range_max"],
-                    closed["remote"],
-                ) == key:
-                    closed["window_opened_at"] = row.opened_at if row is not None else None
-                    closed["window_closed_at"] = op.at
+            opened_at: str | None = None
+            if key in fresh:
+                opened = fresh.pop(key)
+                opened.update(closed_at=op.at, closed_record=op.record_uuid)
+                opened_at = opened["opened_at"]
+            elif key in stored:
+                old = stored.pop(key)
+                updates.append({"b_id": old.id, "b_at": op.at, "b_record": op.record_uuid})
+                opened_at = old.opened_at
+            if op.record_uuid not in bodies:
+                bodies.update((r["record_id"], r) for r in decision.records)
+            _learn_window(bodies[op.record_uuid], key, opened_at, op.at)
+        if updates:
+            await conn.execute(
+                update(w)
+                .where(w.c.id == bindparam("b_id"))
+                .values(closed_at=bindparam("b_at"), closed_record=bindparam("b_record")),
+                updates,
+            )
         if inserts:
             await conn.execute(insert(w), inserts)
 
@@ -652,6 +647,39 @@ class Store:
             query = query.where(w.c.address == address)
         async with self.engine.connect() as conn:
             return list(await conn.execute(query.order_by(w.c.id)))
+
+
+def _window_row(op: WindowOp, protocol: str) -> dict[str, Any]:
+    p = op.permit
+    return {
+        "address": op.address,
+        "protocol": protocol,
+        "port_min": p.port_min,
+        "port_max": p.port_max,
+        "remote": p.remote,
+        "internet_exposed": p.internet,
+        "rule_id": p.rule_id,
+        "security_group_id": p.security_group_id,
+        "opened_at": op.at,
+        "opened_record": op.record_uuid,
+        "closed_at": None,
+        "closed_record": None,
+    }
+
+
+def _learn_window(
+    body: dict[str, Any], key: tuple[str, str, int, int, str], opened_at: str | None, at: str
+) -> None:
+    """A record that closed the window `key` learns when it opened and closed."""
+    for closed in body["closed"]:
+        if (
+            closed["protocol"],
+            closed["port_range_min"],
+            closed["port_range_max"],
+            closed["remote"],
+        ) == key[1:]:
+            closed["window_opened_at"] = opened_at
+            closed["window_closed_at"] = at
 
 
 async def _read_changes(conn: AsyncConnection, entries: list[Any]) -> Dirty:
