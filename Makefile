@@ -1,4 +1,4 @@
-.PHONY: setup demo test unit lint stack-down reliability-report
+.PHONY: setup demo test unit lint stack-down reliability-report bench
 
 setup:            ## install dependencies and start the local Keystone + Neutron
 	./scripts/setup
@@ -13,7 +13,7 @@ unit:             ## unit tests only (no OpenStack needed)
 	uv run --frozen pytest -m "not integration" tests/unit
 
 lint:
-	uv run --frozen ruff check src tests scripts simulators && uv run --frozen mypy
+	uv run --frozen ruff check src tests scripts simulators bench && uv run --frozen mypy
 
 stack-down:       ## stop the local OpenStack (Keystone, Neutron, Ceilometer, Aodh) and rsyslog
 	bash scripts/openstack/aodh.sh down
@@ -22,3 +22,9 @@ stack-down:       ## stop the local OpenStack (Keystone, Neutron, Ceilometer, Ao
 
 reliability-report: ## write the last test run's figures into docs/reliability.md
 	uv run --frozen python scripts/reliability_report.py
+
+# The bench group (pika, oslo.messaging, matplotlib, py-spy) goes into an environment of
+# its own under var/, so that `uv sync` of the development environment leaves it alone.
+bench:            ## the benchmark: writes docs/performance.md, docs/performance.png
+	bash scripts/openstack/stack.sh up
+	UV_PROJECT_ENVIRONMENT=var/bench/venv uv run --frozen --group bench python -m bench

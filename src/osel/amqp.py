@@ -28,12 +28,7 @@ from typing import Any
 import aio_pika
 import aiormq
 import aiormq.abc
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from osel.backoff import BackoffPolicy, OutageLog, Stopped, describe_error, retry_forever
 from osel.transport_url import AmqpEndpoint
@@ -352,8 +347,11 @@ class AmqpSource:
             return None
         return session
 
-    def _on_message(self, session: _Session, message: AbstractIncomingMessage) -> None:
-        tag = message.delivery_tag
+    async def _on_delivered(self, session: _Session, message: aiormq.abc.DeliveredMessage) -> None:
+        """One delivery from the broker, straight from aiormq: aio-pika's message object
+        (and the task it runs the callback in) is not needed to buffer it."""
+        frame = message.delivery
+        tag = getattr(frame, "delivery_tag", None)
         if session is not self._session or not session.alive or tag is None:
             return
         session.outstanding.add(tag)
@@ -362,16 +360,13 @@ class AmqpSource:
                 body=message.body,
                 delivery_tag=tag,
                 generation=session.generation,
-                exchange=message.exchange or "",
-                routing_key=message.routing_key or "",
-                redelivered=bool(message.redelivered),
+                exchange=getattr(frame, "exchange", None) or "",
+                routing_key=getattr(frame, "routing_key", None) or "",
+                redelivered=bool(getattr(frame, "redelivered", False)),
                 broker=session.endpoint.host,
-                message_id=message.message_id,
+                message_id=message.header.properties.message_id,
             )
         )
-
-    async def _consume_callback(self, session: _Session, message: AbstractIncomingMessage) -> None:
-        self._on_message(session, message)
 
     async def _settle(
         self, session: _Session, how: str, tag: int, *, multiple: bool = False, requeue: bool = True
@@ -533,7 +528,9 @@ class AmqpSource:
             lambda _frame: session.mark_lost(ConnectionError("consumer cancelled by the broker"))
         )
         self._session = session
-        await queue.consume(functools.partial(self._consume_callback, session), no_ack=False)
+        await session.underlay.basic_consume(
+            queue.name, functools.partial(self._on_delivered, session), no_ack=False
+        )
         return session
 
     async def _declare(self, channel: AbstractChannel, endpoint: AmqpEndpoint) -> AbstractQueue:

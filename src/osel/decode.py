@@ -9,6 +9,8 @@ raises `BadMessage` with a reason fit for the quarantine.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from osel.model import Context, Notification
@@ -76,6 +78,61 @@ def _required_str(message: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadMessage(f"{key} is missing or not a non-empty string")
     return value
+
+
+# after the key `event_type`: `": "<name>"`, also as inside the envelope's escaped inner JSON
+_EVENT_TYPE_VALUE = re.compile(rb'\\?"\s*:\s*\\?"([^"\\]{1,255})\\?"')
+_KEY = b"event_type"
+_QUOTE = ord('"')
+
+
+class EventFilter:
+    """Recognises, from the raw bytes, bodies that cannot be a message of the wanted event
+    types, so that they are counted and acknowledged without being decoded.
+
+    A message of a wanted type carries that type's name as its `event_type` string. The
+    names are plain ASCII that JSON never needs to escape, so unless a body uses a
+    ``\\u`` escape somewhere (then nothing is concluded), the name appears literally in
+    the body, whether bare or inside the oslo 2.0 envelope's inner JSON string. A body
+    in which no wanted name appears is therefore not a wanted message. `ignorable` also
+    wants an `event_type` field to name the body by: anything else (not JSON, no event
+    type, ...) goes through `decode`, which says what is wrong with it.
+    """
+
+    def __init__(self, wanted: Iterable[str]) -> None:
+        by_tail: dict[bytes, list[bytes]] = {}
+        for name in sorted({n.encode() for n in wanted}):
+            by_tail.setdefault(name[-4:], []).append(name)
+        if not by_tail:
+            raise ValueError("EventFilter needs at least one wanted event type")
+        # the names grouped by their last bytes: one quick find() per group over the body
+        self._by_tail = {tail: tuple(names) for tail, names in by_tail.items()}
+
+    def _may_be_wanted(self, raw: bytes) -> bool:
+        for tail, names in self._by_tail.items():
+            at = raw.find(tail)
+            while at != -1:
+                end = at + len(tail)
+                if any(raw.endswith(name, 0, end) for name in names):
+                    return True
+                at = raw.find(tail, end)
+        return False
+
+    def ignorable(self, body: bytes | str, *, max_bytes: int | None = None) -> str | None:
+        """The event type of a body that surely is not a wanted message, else None."""
+        raw = body.encode(errors="surrogateescape") if isinstance(body, str) else body
+        if max_bytes is not None and len(raw) > max_bytes:
+            return None  # decode refuses it, with its reason
+        if b"\\u" in raw or self._may_be_wanted(raw):
+            return None
+        at = raw.find(_KEY)
+        while at != -1:
+            if at > 0 and raw[at - 1] == _QUOTE:
+                found = _EVENT_TYPE_VALUE.match(raw, at + len(_KEY))
+                if found is not None:
+                    return found.group(1).decode("ascii", "replace")
+            at = raw.find(_KEY, at + len(_KEY))
+        return None
 
 
 def decode(body: bytes | str, *, max_bytes: int | None = None) -> Notification:

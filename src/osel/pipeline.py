@@ -2,7 +2,9 @@
 
 `Pipeline.process` fills a `Batch` for one store transaction; the caller
 commits it and only then acknowledges the messages. Messages are handled in
-order, one at a time, because each may change what the next one sees.
+order, one at a time, because each may change what the next one sees. Bodies
+that surely are of an event type osel ignores (most of them) are recognised
+from their bytes (`EventFilter`) and counted without being decoded.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from osel.decide import Rules, decide
-from osel.decode import BadMessage, decode
+from osel.decode import BadMessage, EventFilter, decode
 from osel.handlers import HANDLERS, Change
 from osel.inventory import Inventory
 from osel.model import Notification
@@ -43,6 +45,13 @@ class Item:
     source: str = "amqp"  # amqp | replay | aodh | deferred
     broker: str = ""
     deferred_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unhandled:
+    """A body that `EventFilter` showed to be of an event type osel does not handle."""
+
+    event_type: str
 
 
 @dataclass(slots=True)
@@ -93,8 +102,14 @@ class Pipeline:
         self.deferring = False  # while True, relevant messages queue up behind the deferred ones
         self.max_attempts = max_attempts
         self.failures: dict[str, tuple[int, str]] = {}  # message id -> (attempts, last error)
+        self.filter = EventFilter(HANDLERS)
 
-    def _decode(self, item: Item) -> Notification | BadMessage:
+    def _decode(self, item: Item) -> Notification | BadMessage | Unhandled:
+        # most of a cloud's notifications are of types osel ignores: those are recognised
+        # from the bytes, without decoding the envelope and the inner message
+        event_type = self.filter.ignorable(item.body, max_bytes=self.max_message_bytes)
+        if event_type is not None:
+            return Unhandled(event_type)
         try:
             return decode(item.body, max_bytes=self.max_message_bytes)
         except BadMessage as exc:
@@ -112,12 +127,19 @@ class Pipeline:
         for item, n in zip(items, decoded, strict=True):
             outcome = await self._one(item, n, batch, seen, stats)
             stats.outcomes[outcome] += 1
-            stats.by_event[(n.event_type if isinstance(n, Notification) else "", outcome)] += 1
+            stats.by_event[(n.event_type if not isinstance(n, BadMessage) else "", outcome)] += 1
         return stats
 
     async def _one(
-        self, item: Item, n: Notification | BadMessage, batch: Batch, seen: set[str], stats: Stats
+        self,
+        item: Item,
+        n: Notification | BadMessage | Unhandled,
+        batch: Batch,
+        seen: set[str],
+        stats: Stats,
     ) -> str:
+        if isinstance(n, Unhandled):
+            return "ignored"
         if isinstance(n, BadMessage):
             self._quarantine(item, n.reason, batch, None)
             return "quarantined"

@@ -1,0 +1,86 @@
+"""The benchmark's message mix and arithmetic (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from bench import analysis, report
+from bench.mix import CYCLE, Cloud, Mix, load_samples
+from osel.decide import Rules
+from osel.decode import decode
+from osel.handlers import HANDLERS
+from osel.pipeline import Item, Pipeline
+from osel.resolver import Resolver
+from osel.store.store import Batch, Store
+
+
+def test_mix_is_distinct_valid_notifications() -> None:
+    samples = load_samples()
+    sizes = [len(s.body) for s in samples]
+    messages = list(Mix(Cloud(20, 4)).stream(2000))
+    assert len({x.message_id for x in messages}) == len(messages)
+    uniques = set()
+    relevant = 0
+    for x in messages:
+        n = decode(x.body)
+        assert n.message_id == x.message_id and n.event_type == x.event_type
+        assert (n.event_type in HANDLERS) == x.relevant
+        relevant += x.relevant
+        inner = json.loads(json.loads(x.body)["oslo.message"])
+        uniques.add(inner["_unique_id"])
+        assert min(sizes) * 0.8 <= len(x.body) <= max(sizes) * 1.2
+    assert relevant == len(messages) // 10
+    assert len(uniques) == len(messages)  # oslo.messaging drops repeated _unique_ids
+
+
+async def test_every_change_is_recorded_from_the_warm_inventory(tmp_path: Path) -> None:
+    cloud = Cloud(3, 3)
+    store = Store(f"sqlite:///{tmp_path}/bench.db")
+    await store.migrate()
+    inventory = cloud.inventory()
+    start = (len(inventory.rules), len(inventory.ports), len(inventory.fips))
+    resolver = Resolver(inventory, None)  # any miss would defer the change
+    pipeline = Pipeline(store, inventory, resolver, Rules(), instance="t")
+    mix = Mix(cloud)
+    outcomes: Counter[str] = Counter()
+    steps = 2 * len(CYCLE) * cloud.groups  # two whole cycles of every group
+    for chunk in range(0, steps, 10):
+        batch = Batch()
+        items = [Item(x.body) for x in mix.relevant_stream(10, chunk)]
+        stats = await pipeline.process(items, batch)
+        batch.dirty = inventory.take_dirty()
+        await store.commit(batch)
+        outcomes.update(stats.outcomes)
+    await store.close()
+    assert outcomes == {"recorded": steps}
+    assert resolver.misses == 0 and resolver.revision_gaps == 0
+    assert (len(inventory.rules), len(inventory.ports), len(inventory.fips)) == start
+
+
+def test_rates_and_percentiles() -> None:
+    # 1000 messages drained at 100/s after 2 s, sampled every 0.5 s
+    samples = [(t / 2, max(0, min(1000, 1000 - int((t / 2 - 2) * 100)))) for t in range(30)]
+    assert analysis.sustained_rate(samples, 1000) == 100
+    assert analysis.drain_span(samples, 1000) == (2.5, 12.0)
+    assert all(abs(r - 100) < 1e-9 for _t, r in analysis.rate_series(samples, 1000)[2:-2])
+    assert analysis.percentile([float(i) for i in range(1, 101)], 99) == 99
+    assert analysis.flatness([(float(i), 100) for i in range(20)])["growth"] == 1
+
+
+def test_targets_and_document() -> None:
+    results = {
+        "rates": {
+            "ceiling": {"sustained_rate": 20000.0, "messages": 100, "series": [(0, 1)]},
+            "osel_sqlite": {"sustained_rate": 12000.0, "outcomes": {"ignored": 90}},
+            "oslo": {"sustained_rate": 2000.0},
+        },
+        "latency": {"p99_ms": 250.0},
+        "burst": {"neutron_calls_per_change": 0.0},
+    }
+    found = report.targets(results)
+    assert [t["status"] for t in found.values()] == ["pass", "pass", "FAIL", "pass", "n/a"]
+    results["targets"] = found
+    text = report.markdown(results)
+    assert "| osel >= 0.5x ceiling | 0.60x | pass |" in text
