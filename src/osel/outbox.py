@@ -26,13 +26,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from osel.backoff import BackoffPolicy, OutageLog, describe_error
 from osel.sinks import Sink
 from osel.store.queries import sink_lag
-from osel.store.store import Store, utcnow
+from osel.store.store import Claim, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Outbox:
         self.owner = instance
         self.lease_seconds = lease_seconds
         self.holding: set[str] = set()  # the sinks this process delivers to now
+        self._renew_at: dict[str, float] = {}  # monotonic time to write the lease again
         self._attached: set[str] = set()
 
     def stopped(self, sink: Sink) -> bool:
@@ -125,7 +127,12 @@ class Outbox:
         if self.stopped(sink):
             return 0
         sink_id = sink.sink_id
-        claim = await self.store.claim_sink(sink_id, self.owner, self.lease_seconds)
+        if sink_id in self.holding and time.monotonic() < self._renew_at.get(sink_id, 0.0):
+            # the lease runs for a while yet: no write needed to go on delivering
+            claim: Claim | None = Claim(await self.store.cursor(sink_id), self.owner)
+        else:
+            claim = await self.store.claim_sink(sink_id, self.owner, self.lease_seconds)
+            self._leased(sink_id)
         if claim is None:
             if sink_id in self.holding:
                 self.holding.discard(sink_id)
@@ -157,9 +164,11 @@ class Outbox:
                 self.health[sink_id] = SinkHealth("stopped", str(exc), _now())
                 raise
             position = records[-1][0]
-            if not await self.store.advance_cursor(
+            moved = await self.store.advance_cursor(
                 sink_id, self.owner, position, self.lease_seconds
-            ):
+            )
+            self._leased(sink_id)
+            if not moved:
                 self.holding.discard(sink_id)
                 log.warning(
                     "audit sink %s: the delivery lease ran out while sending records up to "
@@ -170,6 +179,10 @@ class Outbox:
                 )
                 return sent
             sent += len(records)
+
+    def _leased(self, sink_id: str) -> None:
+        """The lease was just written: renew it again once half of it has passed."""
+        self._renew_at[sink_id] = time.monotonic() + self.lease_seconds / 2
 
     async def _send(self, sink: Sink, records: list[tuple[int, str]]) -> None:
         """Send, renewing the lease meanwhile (an acknowledged HEC batch can take long)."""

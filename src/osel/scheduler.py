@@ -615,19 +615,22 @@ class Scheduler:
             )
             if done.rowcount != 1:
                 return False  # another instance reconciled it meanwhile
+            started: list[str] = []
             for record_uuid, address in batch.members:
                 if address in refused:
                     await self._learn(conn, [record_uuid], batch.id, ERROR, error=refused[address])
                 elif state == LAUNCHED:
-                    await conn.execute(
-                        update(ar)
-                        .where(ar.c.record_uuid == record_uuid)
-                        .values(
-                            qualys_scan_id=result.reference or None,
-                            scan_state=LAUNCHED,
-                            scan_result=None,
-                        )
+                    started.append(record_uuid)
+            for chunk in _chunks(started, 500):
+                await conn.execute(
+                    update(ar)
+                    .where(ar.c.record_uuid.in_(chunk))
+                    .values(
+                        qualys_scan_id=result.reference or None,
+                        scan_state=LAUNCHED,
+                        scan_result=None,
                     )
+                )
             extra: dict[str, Any] = {"address_errors": refused} if refused else {}
             if reconciled:
                 extra["reconciled"] = True
@@ -1111,3 +1114,7 @@ def _totals(hosts: Mapping[str, Any]) -> dict[str, int]:
         for severity, count in (host.get("vulnerabilities") or {}).items():
             totals[str(severity)] = totals.get(str(severity), 0) + int(count)
     return dict(sorted(totals.items()))
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
