@@ -54,7 +54,10 @@ def main() -> None:
 def run(config: str | None) -> None:
     """Run the daemon."""
     settings = _settings(config)
+    from osel import memory
     from osel.daemon import Daemon
+
+    memory.limit_arenas()  # before any thread starts
 
     async def go() -> int:
         stop = asyncio.Event()

@@ -280,7 +280,12 @@ class ServiceSettings(_Model):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_format: Literal["console", "json"] = Field("console", description="Log line format")
-    batch_size: int = Field(200, ge=1, le=10000, description="Messages per store commit")
+    batch_size: int = Field(
+        1000,
+        ge=1,
+        le=10000,
+        description="Messages per store commit (at most; amqp.prefetch should be larger)",
+    )
     batch_wait_ms: int = Field(50, ge=0, le=5000, description="Longest wait to fill a batch (ms)")
     max_message_bytes: int = Field(
         1048576, ge=1024, description="Larger notification bodies are quarantined"
@@ -330,7 +335,12 @@ class AmqpSettings(_Model):
     exchange_durable: bool = Field(
         False, description="Declare exchanges durable (as the cloud does)"
     )
-    prefetch: int = Field(500, ge=1, le=65535, description="Unacknowledged messages in flight")
+    prefetch: int = Field(
+        2000,
+        ge=1,
+        le=65535,
+        description="Unacknowledged messages in flight; at least service.batch_size",
+    )
     heartbeat: int = Field(60, ge=0, description="AMQP heartbeat (s); 0 disables")
     connect_timeout: float = Field(10, gt=0, description="Connection timeout (s)")
     ssl_ca_file: OptPath = _desc("CA bundle for amqps")

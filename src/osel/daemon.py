@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+from osel import memory
 from osel.backoff import BackoffPolicy, OutageLog, describe_error
 from osel.config import Settings
 from osel.decide import Rules, decide, now_iso
@@ -295,13 +296,18 @@ class Daemon:
         if self.store.dialect != "sqlite" and not self.pipeline.deferring:
             self.pipeline.deferring = await self.store.deferred_count() > 0
 
-    async def housekeeping(self, stop: asyncio.Event, every: float = 600.0) -> None:
-        """Trim the inventory change log now and then."""
+    async def housekeeping(self, stop: asyncio.Event, every: float = 60.0) -> None:
+        """Every minute, give freed memory back to the system; every ten, trim the
+        inventory change log."""
+        rounds = 0
         while not stop.is_set():
-            try:
-                await self.store.prune_inventory_log()
-            except Exception as exc:
-                log.debug("could not trim the inventory log: %s", exc)
+            memory.trim()
+            if rounds % 10 == 0:
+                try:
+                    await self.store.prune_inventory_log()
+                except Exception as exc:
+                    log.debug("could not trim the inventory log: %s", exc)
+            rounds += 1
             await _sleep(stop, every)
 
     async def _reload_inventory(self) -> None:

@@ -145,6 +145,21 @@ def rule_permits(
 ) -> list[Permit]:
     if not rule_applies(rule, version):
         return []
+    if rule.remote_address_group_id:  # depends on the address group's current addresses
+        return _rule_permits(rule, version, address_group)
+    return list(_plain_rule_permits(rule, version))
+
+
+@lru_cache(maxsize=65536)
+def _plain_rule_permits(rule: Rule, version: int) -> tuple[Permit, ...]:
+    """The permits of a rule that names no address group: a function of the rule alone
+    (rules are immutable values), asked for again and again as ports are judged."""
+    return tuple(_rule_permits(rule, version, lambda _ag_id: None))
+
+
+def _rule_permits(
+    rule: Rule, version: int, address_group: Callable[[str], AddressGroup | None]
+) -> list[Permit]:
     protocol = normalize_protocol(rule.protocol)
     low, high = _ports(rule, protocol)
     return [

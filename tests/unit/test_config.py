@@ -115,7 +115,7 @@ http:
 def test_defaults_with_no_file() -> None:
     settings = load_settings(env=DRY)
     assert settings.amqp.queue == "osel"
-    assert settings.amqp.prefetch == 500
+    assert settings.amqp.prefetch == 2000
     assert settings.amqp.transport_url.get_secret_value() == "rabbit://guest:guest@127.0.0.1:5672/"
     assert settings.openstack.cloud == "osel"
     assert settings.scan.window_seconds == 60
