@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from osel.config import Problem, _line_map, _yaml_problem
+from osel.config import ConfigError, Problem, _line_map, _yaml_problem
 from osel.exposure import _PORTED, Permit, normalize_protocol, parse_network
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -75,15 +75,8 @@ PROTOCOL_NAMES = frozenset(
 )
 
 
-class PolicyError(Exception):
+class PolicyError(ConfigError):
     """The policy file cannot be used; every problem with its key, value and line."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-    def __str__(self) -> str:
-        return "\n".join(str(p) for p in self.problems)
 
 
 # --------------------------------------------------------------------------- value types
