@@ -150,7 +150,7 @@ def rule_permits(
     return list(_plain_rule_permits(rule, version))
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)  # the rules of the groups in play; a few MiB at most
 def _plain_rule_permits(rule: Rule, version: int) -> tuple[Permit, ...]:
     """The permits of a rule that names no address group: a function of the rule alone
     (rules are immutable values), asked for again and again as ports are judged."""

@@ -148,7 +148,10 @@ class Store:
         self.dialect = async_url.get_backend_name()
         if self.dialect == "sqlite" and async_url.database not in (None, "", ":memory:"):
             Path(async_url.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(async_url, echo=echo)
+        # SQLite serialises writers anyway, and each of its connections is a thread with
+        # a page cache of its own: a few are enough, and keep the memory down
+        sizing = {"pool_size": 3, "max_overflow": 2} if self.dialect == "sqlite" else {}
+        self.engine: AsyncEngine = create_async_engine(async_url, echo=echo, **sizing)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
