@@ -37,11 +37,7 @@ from osel.model import FloatingIP, Port, Rule, SecurityGroup
 
 SAMPLES = Path(
     os.environ.get("OSEL_BENCH_SAMPLES")
-    or Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "samples"
-    / "neutron-29"
-    / "notifications.jsonl"
+    or Path(__file__).resolve().parents[1] / "tests" / "data" / "neutron-29" / "notifications.jsonl"
 )
 RELEVANT_EVERY = 10  # one message in ten is a change osel acts on
 PROJECT = "bench-project"

@@ -166,7 +166,7 @@ def markdown(results: dict[str, Any]) -> str:
         "of the queue drained (the steady part; the drain and the tail are in the plot). "
         f"Each consumer ran {args.get('repeat', '?')} time(s), interleaved; the median is kept.",
         "",
-        "The mix is the real Neutron 29 notifications of `shared/samples/neutron-29`: 90% "
+        "The mix is the real Neutron 29 notifications of `tests/data/neutron-29`: 90% "
         "event types osel ignores (network, subnet, router, `*.start`, ...) with their real "
         "bodies and sizes (1.2 to 2.0 kB), 10% security-group-rule creates and deletes, port "
         "creates, updates and deletes, and floating-IP attach/detach built from the sample "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
-SAMPLES = "../shared/samples/neutron-29/notifications.jsonl"
+# real notifications captured from Neutron 29 (one AMQP message body a line)
+SAMPLES = str(Path(__file__).parent / "data" / "neutron-29" / "notifications.jsonl")
 
 
 def notification(

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from osel.cli import main
 from tests import messages as m
 
-SAMPLES = Path(__file__).parents[2].parent / "shared" / "samples" / "neutron-29"
+SAMPLES = Path(__file__).parents[1] / "data" / "neutron-29"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from osel.decode import BadMessage, EventFilter, decode
 from osel.handlers import HANDLERS
 from tests import messages as m
 
-SAMPLES = Path(__file__).parents[2].parent / "shared" / "samples" / "neutron-29"
+SAMPLES = Path(__file__).parents[1] / "data" / "neutron-29"
 FILTER = EventFilter(HANDLERS)
 
 

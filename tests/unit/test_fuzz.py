@@ -25,7 +25,7 @@ from osel.store.store import Batch, Store
 from tests import messages as m
 from tests.fakes import FakeNeutron
 
-SAMPLES = Path(__file__).parents[2].parent / "shared" / "samples" / "neutron-29"
+SAMPLES = Path(__file__).parents[1] / "data" / "neutron-29"
 OUTCOMES = {"recorded", "ignored", "no_change", "duplicate", "deferred", "quarantined"}
 EXAMPLES = 10_000
 
