@@ -92,7 +92,7 @@ def aodh_osel(
     workdir: Path, secret: str, store_url: str, *, trust: bool = False, **http: Any
 ) -> OselProcess:
     """An osel fed by Aodh only: AMQP source off, HTTP on."""
-    workdir.mkdir()
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     settings = {
         "bind": f"127.0.0.1:{port}",

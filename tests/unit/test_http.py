@@ -120,3 +120,11 @@ async def test_scans_and_status_page(client: httpx.AsyncClient):
         assert text in page
     openapi = (await client.get("/openapi.json")).json()
     assert {"/v1/changes", "/v1/scans", "/healthz", "/readyz"} <= set(openapi["paths"])
+
+
+async def test_a_filter_with_a_nul_byte_is_refused_not_sent_to_the_store(
+    client: httpx.AsyncClient,
+):
+    for path in ("/v1/changes?address=10.0.0.1%00", "/v1/scans?state=queued%00"):
+        reply = await client.get(path)
+        assert reply.status_code == 422, (path, reply.text)

@@ -87,6 +87,8 @@ class Ready(BaseModel):
 
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
+# a filter value: what the store's columns can hold (PostgreSQL refuses NUL in text)
+Text = Annotated[str | None, Query(max_length=255, pattern=r"^[^\x00]*$")]
 
 
 def create_app(ctx: Context) -> FastAPI:
@@ -124,8 +126,8 @@ def create_app(ctx: Context) -> FastAPI:
     async def list_changes(
         since: datetime | None = None,
         until: datetime | None = None,
-        project_id: str | None = None,
-        address: str | None = None,
+        project_id: Text = None,
+        address: Text = None,
         after: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Limit = 100,
     ) -> dict[str, Any]:
@@ -138,8 +140,8 @@ def create_app(ctx: Context) -> FastAPI:
     async def list_scans(
         since: datetime | None = None,
         until: datetime | None = None,
-        state: str | None = None,
-        address: str | None = None,
+        state: Text = None,
+        address: Text = None,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
         limit: Limit = 100,
     ) -> dict[str, Any]:
