@@ -19,6 +19,7 @@ from osel import memory
 from osel.backoff import BackoffPolicy, OutageLog, describe_error
 from osel.config import Settings
 from osel.decide import Rules, decide, now_iso
+from osel.decode import EventFilter
 from osel.faults import crash_point
 from osel.handlers import HANDLERS
 from osel.health import Health
@@ -236,7 +237,7 @@ class Daemon:
     async def process(self, items: list[Item]) -> Stats:
         """Run items through the pipeline and commit them: the unit of work."""
         started = time.monotonic()
-        handled = might_change_inventory(items)
+        handled = might_change_inventory(items, self.pipeline.filter)
         guard = self.store.exclusive() if handled else contextlib.nullcontext()
         async with self.lock, guard:
             batch = Batch()
@@ -670,16 +671,14 @@ class Daemon:
         return written
 
 
-# Every event type osel handles, as it appears in a raw message body (in the oslo 2.0
-# envelope too, where the inner JSON is a string and only quotes are escaped).
-_HANDLED = tuple(sorted(event_type.encode() for event_type in HANDLERS))
+_FILTER = EventFilter(HANDLERS)
 
 
-def might_change_inventory(items: list[Item]) -> bool:
-    """False only for batches that surely hold no message osel handles, which need
-    no inventory lock (most of a cloud's notifications). A body with \\u escapes might
-    spell an event type differently: it counts as possibly handled."""
-    return any(b"\\u" in item.body or any(name in item.body for name in _HANDLED) for item in items)
+def might_change_inventory(items: list[Item], event_filter: EventFilter = _FILTER) -> bool:
+    """False only for batches whose bodies all surely are of event types osel ignores
+    (most of a cloud's notifications): those need no inventory lock. The same test the
+    pipeline uses to skip decoding them."""
+    return any(event_filter.ignorable(item.body) is None for item in items)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
