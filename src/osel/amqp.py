@@ -21,6 +21,7 @@ import functools
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,7 +178,10 @@ class AmqpSource:
         self._backoff = backoff
         self._log = logger or log
         self._outage = OutageLog("amqp", self._log, cap=backoff.cap)
-        self._buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        # deliveries wait here for get_batch; `_arrived` is set whenever one is added
+        # (a deque and an event: an asyncio.Queue would cost a wake-up per message)
+        self._buffer: deque[Delivery] = deque()
+        self._arrived = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: _Session | None = None
@@ -292,7 +296,7 @@ class AmqpSource:
         """Stop consuming and close the channel and connection. Unacked
         deliveries go back to the queue (the broker requeues them)."""
         self._stop.set()
-        self._buffer.put_nowait(None)  # wakes get_batch
+        self._arrived.set()  # wakes get_batch
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -306,37 +310,30 @@ class AmqpSource:
     # -- consuming -------------------------------------------------------
 
     async def _collect(self, max_messages: int, max_wait: float) -> list[Delivery]:
+        """Wait (without limit) for a first delivery, then take what arrives for up
+        to ``max_wait`` seconds or until ``max_messages``; [] when stopping."""
         loop = asyncio.get_running_loop()
         batch: list[Delivery] = []
         deadline: float | None = None
-        while len(batch) < max_messages:
-            item = await self._next(None if deadline is None else deadline - loop.time())
-            if item is None:
-                break  # max_wait elapsed, or stopping
-            if not self._is_current(item):
-                continue  # its connection is gone; the broker redelivers it
-            batch.append(item)
-            if deadline is None:
+        while not self._stop.is_set():
+            while self._buffer and len(batch) < max_messages:
+                item = self._buffer.popleft()
+                if self._is_current(item):  # else its connection is gone: redelivered
+                    batch.append(item)
+            if len(batch) >= max_messages:
+                break
+            if batch and deadline is None:
                 deadline = loop.time() + max_wait
-        return batch
-
-    async def _next(self, wait: float | None) -> Delivery | None:
-        """The next buffered item, waiting at most ``wait`` seconds (None:
-        no limit); None on timeout or stop."""
-        if wait is not None and wait <= 0:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            self._arrived.clear()
             try:
-                item = self._buffer.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-        else:
-            try:
-                async with asyncio.timeout(wait):
-                    item = await self._buffer.get()
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
             except TimeoutError:
-                return None
-        if item is None:
-            self._buffer.put_nowait(None)  # leave the stop marker for other waiters
-        return item
+                break
+        return batch
 
     def _is_current(self, delivery: Delivery) -> bool:
         return self._session_for(delivery) is not None
@@ -355,7 +352,8 @@ class AmqpSource:
         if session is not self._session or not session.alive or tag is None:
             return
         session.outstanding.add(tag)
-        self._buffer.put_nowait(
+        self._arrived.set()
+        self._buffer.append(
             Delivery(
                 body=message.body,
                 delivery_tag=tag,
@@ -390,15 +388,12 @@ class AmqpSource:
 
     def _purge(self, generation: int | None = None) -> None:
         """Drop buffered deliveries (of one generation, or all)."""
-        kept: list[Delivery | None] = []
-        while not self._buffer.empty():
-            item = self._buffer.get_nowait()
-            if item is None or (generation is not None and item.generation != generation):
-                kept.append(item)
-        for item in kept:
-            self._buffer.put_nowait(item)
-
-    # -- connection loop -------------------------------------------------
+        if generation is None:
+            self._buffer.clear()
+            return
+        kept = [d for d in self._buffer if d.generation != generation]
+        self._buffer.clear()
+        self._buffer.extend(kept)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
