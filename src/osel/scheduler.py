@@ -393,7 +393,7 @@ class Scheduler:
 
     async def _claim(self) -> list[ScanBatch]:
         st = t.scan_targets
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             oldest = (
                 await conn.execute(select(func.min(st.c.created_at)).where(st.c.batch_id.is_(None)))
             ).scalar()
@@ -594,7 +594,7 @@ class Scheduler:
         now = utcnow()
         refused = dict(result.address_errors)
         state = result.state if result.state in (LAUNCHED, ERROR) else LAUNCHED
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             done = await conn.execute(
                 update(sb)
                 .where((sb.c.id == batch.id) & (sb.c.state == LAUNCHING))
@@ -718,7 +718,7 @@ class Scheduler:
         sb, ar = t.scan_batches, t.audit_records
         now = utcnow()
         terminal = status.state == ERROR
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             done = await conn.execute(
                 update(sb)
                 .where(
@@ -766,7 +766,7 @@ class Scheduler:
     ) -> int:
         sb, ar = t.scan_batches, t.audit_records
         now = utcnow()
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             changes = list(
                 await conn.execute(
                     select(ar.c.record_uuid, ar.c.body).where(
@@ -870,7 +870,7 @@ class Scheduler:
     ) -> None:
         sb = t.scan_batches
         now = utcnow()
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             row = (await conn.execute(select(sb).where(sb.c.id == batch.id))).one()
             await conn.execute(
                 update(sb)
@@ -884,7 +884,7 @@ class Scheduler:
         reason (a scan record with scan_state error, one log line)."""
         sb, ar = t.scan_batches, t.audit_records
         now = utcnow()
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             done = await conn.execute(
                 update(sb)
                 .where((sb.c.id == row.id) & sb.c.error.is_distinct_from(reason))
@@ -903,7 +903,7 @@ class Scheduler:
     async def _release_held(self) -> None:
         sb = t.scan_batches
         now = utcnow()
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             await conn.execute(
                 update(sb)
                 .where((sb.c.state == HELD) & sb.c.in_doubt.is_(False))
@@ -973,7 +973,7 @@ class Scheduler:
         }
         if row.state == QUEUED:
             values.update(launch_attempts=sb.c.launch_attempts + 1, launched_at=now)
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             done = await conn.execute(
                 update(sb)
                 .where(
@@ -1008,7 +1008,7 @@ class Scheduler:
             values["in_doubt"] = in_doubt
         if failed:
             values["attempts"] = sb.c.attempts + 1
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             await conn.execute(
                 update(sb)
                 .where((sb.c.id == batch_id) & (sb.c.state == from_state))

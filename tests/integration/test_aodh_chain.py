@@ -151,7 +151,11 @@ def table_counts(osel: OselProcess) -> dict[str, int]:
         if osel.store_url.startswith("sqlite")
         else "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     )]  # fmt: skip
-    return {n: int(osel.query(f'SELECT COUNT(*) FROM "{n}"')[0][0]) for n in names if n not in BOOKKEEPING}
+    return {
+        n: int(osel.query(f'SELECT COUNT(*) FROM "{n}"')[0][0])
+        for n in names
+        if n not in BOOKKEEPING
+    }
 
 
 def test_a_rule_created_in_neutron_reaches_osel_through_aodh_alone_with_the_same_records(

@@ -114,7 +114,7 @@ class Budget:
     async def take(self, api: str, *, launch: bool = False) -> Ticket:
         """Count one call to `api` before it is made. The ticket's `wait` is 0 when it may
         go now; otherwise the seconds to wait, and nothing was counted."""
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             now = self.clock()
             row = await self._row(conn, api, lock=True)
             wait = await self._wait(conn, row, api, launch, now)
@@ -139,7 +139,7 @@ class Budget:
         if ticket.call_id is None or ticket.at is None:
             return
         b, calls = t.qualys_budget, t.qualys_calls
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             row = await self._row(conn, ticket.api, lock=True)
             await conn.execute(delete(calls).where(calls.c.id == ticket.call_id))
             observed = _aware(row.observed_at) if row is not None else None
@@ -181,7 +181,7 @@ class Budget:
         at = at or self.clock()
         until = at + timedelta(seconds=max(seconds, 0.0))
         b = t.qualys_budget
-        async with self.store.engine.begin() as conn:
+        async with self.store.begin() as conn:
             row = await self._row(conn, api, lock=True)
             if row is None:
                 await conn.execute(insert(b).values(api=api, observed_at=at, wait_until=until))
@@ -288,7 +288,7 @@ class Budget:
         b = t.qualys_budget
         for _ in range(2):
             try:
-                async with self.store.engine.begin() as conn:
+                async with self.store.begin() as conn:
                     row = await self._row(conn, api, lock=True)
                     if row is None:
                         await conn.execute(

@@ -7,6 +7,7 @@ by `commit`; only after it returns may the AMQP message be acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -158,6 +159,26 @@ class Store:
             event.listen(self.engine.sync_engine, "before_cursor_execute", _records_in_order)
         # the newest inventory_log entry this process has taken in (see refresh_inventory)
         self.inventory_rev = 0
+        # SQLite has one writer at a time; this process's writers take turns here (see begin)
+        self._writer = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (commits at the end, rolls back on an exception).
+
+        On SQLite, the process's writers (the consumer, the outbox, the scheduler)
+        queue here for the database's single write lock and each is woken as soon as
+        the one before has committed. Left to SQLite, a writer that finds the lock
+        taken polls for it, sleeping up to 100 ms between tries: measured, those
+        sleeps were most of a backlog's drain time. Not reentrant: a transaction
+        must not open another.
+        """
+        if self._writer is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._writer, self.engine.begin() as conn:
+            yield conn
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -170,7 +191,7 @@ class Store:
         command.upgrade(cfg, "head")
 
     async def migrate(self) -> None:
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             await conn.run_sync(lambda c: self.migrate_sync(c))
 
     async def close(self) -> None:
@@ -196,7 +217,7 @@ class Store:
         if not batch:
             return
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             if batch.message_ids:
                 await conn.execute(
                     insert(t.seen_messages),
@@ -381,7 +402,7 @@ class Store:
 
     async def replace_inventory(self, inventory: Inventory) -> None:
         """Persist a whole inventory (after a full sync) in one transaction."""
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             for table in (t.inv_groups, t.inv_rules, t.inv_ports, t.inv_fips, t.inv_address_groups):
                 await conn.execute(delete(table))
             inserts: list[tuple[Table, list[dict[str, Any]]]] = [
@@ -475,7 +496,7 @@ class Store:
         """Forget all but the newest `keep` log entries; an instance further behind
         reloads the whole inventory. Return how many entries went."""
         lg = t.inventory_log
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             top = int((await conn.execute(select(func.max(lg.c.id)))).scalar() or 0)
             cut = top - keep
             if cut <= 0:
@@ -493,7 +514,7 @@ class Store:
         c = t.sink_cursors
         now = utcnow()
         until = now + timedelta(seconds=lease_seconds)
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             query = select(c.c.owner, c.c.lease_until, c.c.position).where(c.c.sink == sink)
             if self.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
@@ -528,7 +549,7 @@ class Store:
         """Move the cursor (and renew the lease) if `owner` still holds the lease."""
         c = t.sink_cursors
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             done = await conn.execute(
                 update(c)
                 .where((c.c.sink == sink) & (c.c.owner == owner))
@@ -544,7 +565,7 @@ class Store:
 
     async def release_sink(self, sink: str, owner: str) -> None:
         c = t.sink_cursors
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             await conn.execute(
                 update(c)
                 .where((c.c.sink == sink) & (c.c.owner == owner))
@@ -570,7 +591,7 @@ class Store:
             ).scalar_one_or_none()
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             await conn.execute(delete(t.meta).where(t.meta.c.key == key))
             await conn.execute(insert(t.meta).values(key=key, value=value))
 
@@ -608,7 +629,7 @@ class Store:
 
     async def set_cursor(self, sink: str, position: int) -> None:
         c = t.sink_cursors
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             done = await conn.execute(
                 update(c).where(c.c.sink == sink).values(position=position, updated_at=utcnow())
             )
@@ -640,7 +661,7 @@ class Store:
 
     async def mark_retried(self, row_id: int) -> None:
         q = t.quarantine
-        async with self.engine.begin() as conn:
+        async with self.begin() as conn:
             await conn.execute(update(q).where(q.c.id == row_id).values(retried_at=utcnow()))
 
     async def open_windows(self, address: str | None = None) -> list[Any]:
