@@ -121,7 +121,7 @@ class Inventory:
     def put_rule(self, rule: Rule) -> None:
         old = self.rules.get(rule.id)
         if old is not None and old.security_group_id != rule.security_group_id:
-            self._rules_by_group[old.security_group_id].discard(rule.id)
+            _unindex(self._rules_by_group, old.security_group_id, rule.id)
         self.rules[rule.id] = rule
         self._rules_by_group[rule.security_group_id].add(rule.id)
         self.dirty.rules[rule.id] = rule
@@ -129,7 +129,7 @@ class Inventory:
     def delete_rule(self, rule_id: str) -> Rule | None:
         rule = self.rules.pop(rule_id, None)
         if rule is not None:
-            self._rules_by_group[rule.security_group_id].discard(rule_id)
+            _unindex(self._rules_by_group, rule.security_group_id, rule_id)
         self.dirty.rules[rule_id] = None
         return rule
 
@@ -137,7 +137,7 @@ class Inventory:
         old = self.ports.get(port.id)
         if old is not None:
             for sg in old.security_groups:
-                self._ports_by_group[sg].discard(port.id)
+                _unindex(self._ports_by_group, sg, port.id)
         self.ports[port.id] = port
         for sg in port.security_groups:
             self._ports_by_group[sg].add(port.id)
@@ -147,14 +147,14 @@ class Inventory:
         port = self.ports.pop(port_id, None)
         if port is not None:
             for sg in port.security_groups:
-                self._ports_by_group[sg].discard(port_id)
+                _unindex(self._ports_by_group, sg, port_id)
         self.dirty.ports[port_id] = None
         return port
 
     def put_fip(self, fip: FloatingIP) -> None:
         old = self.fips.get(fip.id)
         if old is not None and old.port_id:
-            self._fips_by_port[old.port_id].discard(fip.id)
+            _unindex(self._fips_by_port, old.port_id, fip.id)
         self.fips[fip.id] = fip
         if fip.port_id:
             self._fips_by_port[fip.port_id].add(fip.id)
@@ -163,7 +163,7 @@ class Inventory:
     def delete_fip(self, fip_id: str) -> FloatingIP | None:
         fip = self.fips.pop(fip_id, None)
         if fip is not None and fip.port_id:
-            self._fips_by_port[fip.port_id].discard(fip_id)
+            _unindex(self._fips_by_port, fip.port_id, fip_id)
         self.dirty.fips[fip_id] = None
         return fip
 
@@ -230,3 +230,13 @@ class Inventory:
             self.put_address_group(a)
         self.loaded_groups.update(loaded_groups)
         self.dirty = Dirty()
+
+
+def _unindex(index: dict[str, set[str]], key: str, member: str) -> None:
+    """Take `member` out of `index[key]`, and the key out with its last member: a
+    cloud's ports and groups come and go, and an index must not keep them all."""
+    members = index.get(key)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del index[key]
