@@ -155,6 +155,21 @@ class OselProcess:
         finally:
             conn.close()
 
+    def depth_once_released(self, timeout: float = 10) -> int:
+        """Messages ready in the queue once the broker has seen the consumer go (after a
+        kill, until it has, what the dead consumer held still counts as unacknowledged)."""
+        deadline = time.monotonic() + timeout
+        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            channel = conn.channel()
+            while True:
+                ok = channel.queue_declare(self.queue, passive=True).method
+                if ok.consumer_count == 0 or time.monotonic() > deadline:
+                    return int(ok.message_count)
+                time.sleep(0.05)
+        finally:
+            conn.close()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
