@@ -288,32 +288,57 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 LIMITS = [
-    "The broker side is not the limit: the ceiling consumer takes the same messages five "
-    "times faster, osel sends one `basic.ack(multiple)` per batch of up to "
+    "The broker side is not the limit: the ceiling consumer takes the same messages "
+    "several times faster, osel sends one `basic.ack(multiple)` per batch of up to "
     "`service.batch_size` (1,000) messages after its one commit, recognises bodies of "
     "ignored event types without decoding them, and a batch of only those never touches "
-    "the store. What is left is the work on the relevant tenth, in one Python thread: for "
-    "each change the exposure of every address of every port it touches, before and after, "
-    "its records and their JSON, the exposure windows, scan targets and inventory rows of "
-    "the commit, the scheduler's batches at window 0 (compare the run with a 60 s window) "
-    "and the audit outbox writing every record to its sink, all sharing the event loop and "
-    "the machine's two cores with the broker.",
+    "the store.",
     "",
-    "What was tried, measured with the same mix driven through the daemon's `process` in "
-    "one process (no broker, SQLite): writing the exposure windows of a commit in bulk "
-    "instead of per decision, one UPDATE for the records of a launched scan batch instead "
-    "of one per record, caching the permits of rules and the classification of prefixes, "
-    "and batches of 1,000 instead of 200 took that drain from about 2,300 to about 15,000 "
-    "messages/s; the real process, which also reads the broker and feeds the sinks, went "
-    "from about 1,900 (the first run of this benchmark) to the figures above. Going "
-    "further needs the handling of a batch to overlap the commit of the one before, or "
-    "the relevant changes spread over processes; neither is done.",
+    "osel is bound by CPU in one process. Sampled once a second during a 60,000-message "
+    "drain, its process used 97-100% of one core and RabbitMQ 10-20% of the other: "
+    "Python runs one thread at a time, so the daemon's threads (the event loop, SQLite's "
+    "worker threads, the file sink's writer) share that one core. A py-spy profile of "
+    "the same drain (all threads): SQLite executing statements in its worker threads "
+    "about a third of the samples; the rest on the event loop: handling (decoding, the "
+    "exposure of every address a change touches, the decision and its records), "
+    "reading AMQP frames (aiormq), SQLAlchemy building statement parameters, the scan "
+    "scheduler. Each "
+    "relevant notification of the mix makes on average 2.7 audit records of about 1.6 kB "
+    "of JSON, 2.3 scan targets and 3.5 exposure-window rows, each written, indexed and "
+    "later updated or read back for the sinks. Draining each part of the mix alone "
+    "(same machine, same session): the ignored nine tenths at about 12,000-12,600 "
+    "messages/s, some 80 microseconds each, more than half of it aiormq reading the "
+    "frames (a task and queue hand-offs per frame); the relevant tenth at about 1,500 "
+    "messages/s, some 670 microseconds each. On the mix that makes roughly equal "
+    "halves.",
     "",
-    "Memory: right after it starts, osel holds about 127 MiB (its libraries, openstacksdk "
-    "the largest, and the warm inventory of the benchmark's cloud of 11,000 resources). "
-    "Over the long run the resident size still grows by about a tenth; in process, "
-    "Python's own heap stays flat over the same mix, and neither capping glibc's malloc "
-    "arenas (done) nor fixing its thresholds (tried, no effect) explains the rest.",
+    "What moved the rate, measured with the same mix driven through the daemon's "
+    "`process` in one process (no broker, SQLite): writing the exposure windows of a "
+    "commit in bulk instead of per decision, one UPDATE for the records of a launched "
+    "scan batch instead of one per record, caching the permits of rules and the "
+    "classification of prefixes, and batches of 1,000 instead of 200; the real process "
+    "went from about 1,900 messages/s (the first run of this benchmark) to the figures "
+    "above. What did not: handling the next batch while the previous one commits "
+    "(tried, 5,400-5,900 messages/s either way, so not kept: there is no idle time to "
+    "fill), the interpreter's thread switch interval (1 ms, 5 ms, 20 ms: the same) "
+    "and queueing SQLite's writers in the process (kept: it removed busy-handler "
+    "sleeps worth 6.8 s of a 10 s drain from the outbox's cursor updates, which shortens "
+    "the way to the sinks, but the rate stayed the same). Reaching half the ceiling needs "
+    "about 2.5 times less CPU per message: an AMQP client that decodes frames without "
+    "a task per message (pika's asyncio adapter, as the ceiling consumer uses pika) for "
+    "the first half, and for the second fewer rows and index updates per change or that "
+    "work on another core (the sinks and the scheduler in a process of their own, which "
+    "on SQLite means two processes sharing one writer).",
+    "",
+    "Memory: right after it starts, osel holds about 127 MiB (its libraries, "
+    "SQLAlchemy about 40 and openstacksdk about 22 of them, and the warm inventory of the "
+    "benchmark's cloud of 11,000 resources). Over the long run the resident size still "
+    "grows, by about a tenth over 300,000 messages and slower after. Not found: "
+    "tracemalloc in the running daemon shows no Python allocation growing with the "
+    "messages (the inventory's indexes did keep an empty entry for every port that ever "
+    "had a floating IP: fixed, a few MiB per million messages); SQLite's page caches "
+    "capped at 256 KiB per connection took 4-5 MiB off the peak but not the slope; "
+    "capping glibc's malloc arenas (done) and fixing its thresholds (tried) neither.",
 ]
 RUNNING = [
     "    make bench        # everything; writes this page, performance.png, var/bench/results.json",
