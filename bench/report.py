@@ -132,7 +132,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Written by `make bench` (`python -m bench`, sources in [bench/](../bench/)) from "
         f"its run of {results.get('started_at', '?')} to {results.get('finished_at', '?')}. "
-        "Every figure below was measured in that one run; nothing here is edited by hand. "
+        "Every figure below was measured in that one run, except in the closing section "
+        "[What limits osel](#what-limits-osel), which says where its figures come from. "
         "The raw results are in `var/bench/results.json`.",
         "",
         "![throughput and memory](performance.png)",
@@ -288,6 +289,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 LIMITS = [
+    "Unlike the sections above, this one is written by hand: its figures come from "
+    "separate runs on the same machine (November 2026) that took the process apart, "
+    "and a new run of the benchmark does not update them.",
+    "",
     "The broker side is not the limit: the ceiling consumer takes the same messages "
     "several times faster, osel sends one `basic.ack(multiple)` per batch of up to "
     "`service.batch_size` (1,000) messages after its one commit, recognises bodies of "
