@@ -19,7 +19,7 @@ from bench.mix import Cloud
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("rates", "postgresql", "latency", "burst", "rss")
+PARTS = ("rates", "postgresql", "halves", "latency", "burst", "rss")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "rates" not in skip:
             results["rates"] = rates(args, cloud, base, skip)
+        if "halves" not in skip:
+            results["halves"] = halves(args, cloud, base)
         if "latency" not in skip:
             log.info("latency: %g changes/s for %gs at window 0", args.latency_rate,
                      args.latency_seconds)  # fmt: skip
@@ -181,6 +183,19 @@ def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) ->
             log.info("  %s", _short(result))
             found[name].append(result)
     return {name: _median_run(found_runs) for name, found_runs in found.items()}
+
+
+def halves(args: argparse.Namespace, cloud: Cloud, base: Path) -> dict[str, Any]:
+    """osel (SQLite, window 0) on each half of the mix alone, once each: where its
+    time goes, the messages it ignores or the ones it acts on."""
+    found: dict[str, Any] = {}
+    for half, count in (("ignored", args.messages), ("relevant", max(1, args.messages // 10))):
+        log.info("half of the mix: osel on %d %s messages alone", count, half)
+        found[half] = runs.osel_rate(
+            cloud, count, runs.workdir(base, f"half-{half}"), "sqlite", half=half
+        )
+        log.info("  %s", _short(found[half]))
+    return found
 
 
 def _short(result: dict[str, Any]) -> str:

@@ -23,10 +23,19 @@ log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _publish_mix(mix: Mix, exchange: str, routing_key: str, count: int, start: int = 0) -> float:
-    """Publish messages `start`.. of the mix; returns seconds taken."""
+def _publish_mix(
+    mix: Mix, exchange: str, routing_key: str, count: int, start: int = 0, half: str | None = None
+) -> float:
+    """Publish messages `start`.. of the mix, or `count` of one half of it (`ignored`,
+    `relevant`); returns seconds taken."""
     began = time.monotonic()
-    broker.publish(exchange, routing_key, (m.body for m in mix.stream(count, start)))
+    if half == "relevant":
+        messages = mix.relevant_stream(count, start)
+    elif half == "ignored":
+        messages = (mix.ignored_message(i) for i in range(start, start + count))
+    else:
+        messages = mix.stream(count, start)
+    broker.publish(exchange, routing_key, (m.body for m in messages))
     return time.monotonic() - began
 
 
@@ -52,13 +61,15 @@ def osel_rate(
     seed: int = 1,
     profile: Path | None = None,
     window: float = 0,
+    half: str | None = None,
 ) -> dict[str, Any]:
-    """osel draining `count` pre-published messages of the mix, warm inventory.
+    """osel draining `count` pre-published messages of the mix (or of one half of it,
+    `ignored` or `relevant`), warm inventory.
     With `profile`, py-spy samples osel meanwhile and writes collapsed stacks there."""
     if store == "postgresql":
         with postgres_database() as url:
-            return _osel_rate(cloud, count, workdir, url, seed, profile, window)
-    return _osel_rate(cloud, count, workdir, None, seed, profile, window)
+            return _osel_rate(cloud, count, workdir, url, seed, profile, window, half)
+    return _osel_rate(cloud, count, workdir, None, seed, profile, window, half)
 
 
 def _osel_rate(
@@ -69,6 +80,7 @@ def _osel_rate(
     seed: int,
     profile: Path | None,
     window: float,
+    half: str | None = None,
 ) -> dict[str, Any]:
     exchange, topic, queue = broker.unique("ex"), broker.unique("topic"), broker.unique("queue")
     osel = OselProcess(
@@ -82,7 +94,7 @@ def _osel_rate(
     broker.declare(exchange, queue, f"{topic}.info")
     try:
         resources = warm_store(osel.store_url, cloud)
-        published = _publish_mix(Mix(cloud, seed=seed), exchange, f"{topic}.info", count)
+        published = _publish_mix(Mix(cloud, seed=seed), exchange, f"{topic}.info", count, half=half)
         broker.wait_depth(queue, count)
         watch = broker.DepthWatch(queue).start()
         started = time.monotonic()
@@ -108,6 +120,7 @@ def _osel_rate(
         {
             "store": osel.store_url.split(":", 1)[0],
             "window_seconds": window,
+            "half": half or "mix",
             "inventory_resources": resources,
             "publish_seconds": published,
             "start_to_all_committed_seconds": done_at - started,

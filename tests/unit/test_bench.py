@@ -84,3 +84,23 @@ def test_targets_and_document() -> None:
     results["targets"] = found
     text = report.markdown(results)
     assert "| osel >= 0.5x ceiling | 0.60x | pass |" in text
+
+
+def test_each_half_of_the_mix_has_its_section_only_when_measured() -> None:
+    halves = {
+        "ignored": {"messages": 150_000, "sustained_rate": 12_500.0},
+        "relevant": {"messages": 15_000, "sustained_rate": 1_600.0},
+    }
+    page = report.markdown({"halves": halves})
+    assert "| ignored | 150,000 | 12,500 | 80 |" in page
+    assert "| relevant | 15,000 | 1,600 | 625 |" in page
+    assert "## Each half of the mix alone" not in report.markdown({})
+
+
+def test_the_halves_are_what_their_names_say() -> None:
+    from osel.decode import EventFilter
+
+    mix = Mix(Cloud(20, 4), seed=5)
+    wanted = EventFilter(HANDLERS)
+    assert all(wanted.ignorable(mix.ignored_message(i).body) for i in range(300))
+    assert not any(wanted.ignorable(m.body) for m in mix.relevant_stream(100))
