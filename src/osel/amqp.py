@@ -395,6 +395,8 @@ class AmqpSource:
         self._buffer.clear()
         self._buffer.extend(kept)
 
+    # -- connection loop -------------------------------------------------
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         flaps = 0

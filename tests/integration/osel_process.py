@@ -148,23 +148,17 @@ class OselProcess:
         """Rows of a query on osel's store (SQLite or PostgreSQL)."""
         return store_query(self.store_url, sql)
 
-    def queue_depth(self) -> int:
-        conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        try:
-            return int(conn.channel().queue_declare(self.queue, passive=True).method.message_count)
-        finally:
-            conn.close()
-
-    def depth_once_released(self, timeout: float = 10) -> int:
-        """Messages ready in the queue once the broker has seen the consumer go (after a
-        kill, until it has, what the dead consumer held still counts as unacknowledged)."""
-        deadline = time.monotonic() + timeout
+    def queue_depth(self, *, wait_released: float = 0.0) -> int:
+        """Messages ready in the queue. With `wait_released`, first wait (at most that
+        many seconds) for the broker to see the consumer go: until it has, what a killed
+        consumer held counts as unacknowledged, not ready."""
+        deadline = time.monotonic() + wait_released
         conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         try:
             channel = conn.channel()
             while True:
                 ok = channel.queue_declare(self.queue, passive=True).method
-                if ok.consumer_count == 0 or time.monotonic() > deadline:
+                if ok.consumer_count == 0 or time.monotonic() >= deadline:
                     return int(ok.message_count)
                 time.sleep(0.05)
         finally:

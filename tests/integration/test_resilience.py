@@ -222,7 +222,7 @@ def test_twenty_sigkills_at_random_points(group, tmp_path: Path, store_url: str)
             time.sleep(rng.uniform(0.05, 0.6))
             osel.kill()
             kills += 1
-            busy += osel.depth_once_released() > 0  # its unacknowledged work went back
+            busy += osel.queue_depth(wait_released=10) > 0  # its unacked work went back
             osel.start()
         assert busy >= 5, f"only {busy} of {kills} kills found work queued: too easy a test"
         records = wait_drained(osel, relevant_ids(bodies), timeout=180)

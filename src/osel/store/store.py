@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -173,11 +173,7 @@ class Store:
         sleeps were most of a backlog's drain time. Not reentrant: a transaction
         must not open another.
         """
-        if self._writer is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._writer, self.engine.begin() as conn:
+        async with self._writer or nullcontext(), self.engine.begin() as conn:
             yield conn
 
     # --- lifecycle ---------------------------------------------------------
