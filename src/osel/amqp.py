@@ -5,31 +5,36 @@ osel declares its own durable queue, binds it to each exchange with
 or consumes the shared ``<topic>.info`` queue that oslo.messaging creates for
 Ceilometer and friends (a second consumer there steals their messages).
 
-Connections are made with `aio_pika.connect` and our own loop (not
-RobustConnection): endpoints are tried in order, a full failed round waits
-per `BackoffPolicy`, outages are logged through `OutageLog("amqp")`. Every
-(re)connection starts a new *generation*; deliveries of a dead generation are
-dropped from the buffer and acks for them are ignored (the broker redelivers
-whatever was not acknowledged on the connection it lost).
+The client is pika's asyncio adapter: it hands each delivery to a plain
+callback, which only appends it to a buffer. (aio-pika, used before, runs
+tasks and queue hand-offs for every frame in aiormq: on messages osel ignores,
+the benchmark drained about half as many per second.) Connections are made by our own
+loop (no automatic reconnect): endpoints are tried in order, a full failed
+round waits per `BackoffPolicy`, outages are logged through
+`OutageLog("amqp")`. Every (re)connection starts a new *generation*;
+deliveries of a dead generation are dropped from the buffer and acks for them
+are ignored (the broker redelivers whatever was not acknowledged on the
+connection it lost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
-import aiormq
-import aiormq.abc
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+import pika
+import pika.channel
+import pika.exceptions
+import pika.spec
+from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils import connection_workflow
 
 from osel.backoff import BackoffPolicy, OutageLog, Stopped, describe_error, retry_forever
 from osel.transport_url import AmqpEndpoint
@@ -40,7 +45,8 @@ __all__ = [
     "AmqpSource",
     "Delivery",
     "build_ssl_context",
-    "quiet_aiormq_logging",
+    "connection_parameters",
+    "quiet_pika_logging",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 _PRIORITIES = ("audit", "debug", "info", "warn", "warning", "error", "critical", "sample")
 _QUEUE_TYPES = ("classic", "quorum")
 _CLOSE_TIMEOUT = 5.0
+_PRECONDITION_FAILED = 406
 
 
 class AmqpConfigError(Exception):
@@ -74,15 +81,162 @@ class Delivery:
     message_id: str | None  # AMQP property, informational only
 
 
+def quiet_pika_logging() -> None:
+    """pika logs every failed connection attempt and every lost connection at
+    ERROR, with tracebacks; `OutageLog` reports those, bounded. pika's loggers are
+    set to CRITICAL unless logging was configured for them (a level set on
+    ``pika``)."""
+    target = logging.getLogger("pika")
+    if target.level == logging.NOTSET:
+        target.setLevel(logging.CRITICAL)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error under pika's connection-workflow wrappers (refused, timed out,
+    TLS, authentication), which is what an operator needs to see."""
+    while True:
+        if isinstance(exc, connection_workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(exc, connection_workflow.AMQPConnectorPhaseErrorBase):
+            exc = exc.exception
+        else:
+            return exc
+
+
+def _closed_error(exc: BaseException | None, what: str) -> BaseException:
+    return exc if isinstance(exc, BaseException) else ConnectionError(f"{what} closed")
+
+
+class _Channel:
+    """A pika channel whose requests can be awaited.
+
+    pika answers each request through a callback. When the broker closes the
+    channel (a refused declaration, a deleted queue), every request still
+    waiting fails with the broker's reason, and `closed` is set.
+    """
+
+    def __init__(self, connection: AsyncioConnection) -> None:
+        loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[BaseException] = loop.create_future()
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._waiting: set[asyncio.Future[Any]] = set()
+        self.channel = connection.channel(on_open_callback=self._on_open)
+        self.channel.add_on_close_callback(self._on_close)
+
+    @classmethod
+    async def open(cls, connection: AsyncioConnection) -> _Channel:
+        channel = cls(connection)
+        await channel._wait(channel._opened)
+        return channel
+
+    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``method(*args, callback=..., **kwargs)``; its reply frame."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def answered(frame: Any) -> None:
+            if not reply.done():
+                reply.set_result(frame)
+
+        if self.closed.done():
+            raise self.closed.result()
+        method(*args, callback=answered, **kwargs)
+        return await self._wait(reply)
+
+    async def _wait(self, future: asyncio.Future[Any]) -> Any:
+        self._waiting.add(future)
+        try:
+            return await future
+        finally:
+            self._waiting.discard(future)
+
+    def _on_open(self, _channel: pika.channel.Channel) -> None:
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def _on_close(self, _channel: pika.channel.Channel, exc: BaseException) -> None:
+        error = _closed_error(exc, "channel")
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(error)
+        if not self.closed.done():
+            self.closed.set_result(error)
+
+    def close(self) -> None:
+        if self.channel.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self.channel.close()
+
+
+class _Connection:
+    """A pika asyncio connection being opened, with futures for its open and close."""
+
+    def __init__(self, parameters: pika.ConnectionParameters) -> None:
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[BaseException] = loop.create_future()
+        self.connection = AsyncioConnection(
+            parameters,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_close,
+            custom_ioloop=loop,
+        )
+
+    @classmethod
+    async def open(cls, parameters: pika.ConnectionParameters) -> _Connection:
+        """Open a connection; one cancelled or failed half-way is closed."""
+        made = cls(parameters)
+        try:
+            await asyncio.shield(made.opened)
+        except BaseException:
+            await made.close()
+            raise
+        return made
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.connection.is_open)
+
+    def _on_open(self, _connection: Any) -> None:
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def _on_open_error(self, _connection: Any, exc: BaseException | str) -> None:
+        error = _cause(exc) if isinstance(exc, BaseException) else ConnectionError(str(exc))
+        if not self.opened.done():
+            self.opened.set_exception(error)
+        self._closed(error)
+
+    def _on_close(self, _connection: Any, exc: BaseException) -> None:
+        self._closed(_closed_error(exc, "connection"))
+
+    def _closed(self, error: BaseException) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(error)
+        if not self.closed.done():
+            self.closed.set_result(error)
+
+    async def close(self) -> None:
+        """Close quietly and boundedly: the connection may be dead or half open."""
+        if not (self.connection.is_closing or self.connection.is_closed):
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self.connection.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await asyncio.shield(self.closed)
+        # a failed open leaves its exception unread
+        if self.opened.done() and not self.opened.cancelled():
+            self.opened.exception()
+
+
 @dataclass(eq=False)
 class _Session:
     """One live connection (one generation)."""
 
     generation: int
     endpoint: AmqpEndpoint
-    connection: AbstractConnection
-    channel: AbstractChannel
-    underlay: aiormq.abc.AbstractChannel
+    connection: _Connection
+    channel: _Channel
     lost: asyncio.Future[BaseException]
     started_at: float
     outstanding: set[int] = field(default_factory=set)  # delivered, not yet settled
@@ -93,25 +247,7 @@ class _Session:
 
     @property
     def alive(self) -> bool:
-        return not self.lost.done() and not self.connection.is_closed
-
-
-class _AiormqNoiseFilter(logging.Filter):
-    """aiormq logs an ERROR for every failed connection attempt and a
-    traceback for every lost connection; `OutageLog` reports those,
-    bounded, so these records are dropped."""
-
-    _NOISE = ("error when creating transport", "Cancelling cause reader exited abnormally")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (isinstance(record.msg, str) and record.msg.startswith(self._NOISE))
-
-
-def quiet_aiormq_logging() -> None:
-    """Install `_AiormqNoiseFilter` on aiormq's connection logger (idempotent)."""
-    target = logging.getLogger("aiormq.connection")
-    if not any(isinstance(f, _AiormqNoiseFilter) for f in target.filters):
-        target.addFilter(_AiormqNoiseFilter())
+        return not self.lost.done() and self.connection.is_open
 
 
 def build_ssl_context(
@@ -136,6 +272,34 @@ def build_ssl_context(
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def connection_parameters(
+    endpoint: AmqpEndpoint,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    heartbeat: int,
+    connect_timeout: float,
+    name: str,
+) -> pika.ConnectionParameters:
+    """pika's parameters for one endpoint: one attempt (osel's loop retries), TLS with
+    the host name checked against the endpoint's host."""
+    return pika.ConnectionParameters(
+        host=endpoint.host,
+        port=endpoint.port,
+        virtual_host=endpoint.virtual_host,
+        credentials=pika.PlainCredentials(endpoint.username, endpoint.password),
+        ssl_options=(
+            pika.SSLOptions(ssl_context, server_hostname=endpoint.host)
+            if endpoint.ssl and ssl_context is not None
+            else None
+        ),
+        heartbeat=heartbeat,
+        connection_attempts=1,
+        socket_timeout=connect_timeout,
+        stack_timeout=connect_timeout,
+        client_properties={"connection_name": name},
+    )
 
 
 class AmqpSource:
@@ -188,7 +352,8 @@ class AmqpSource:
         self._generation = 0
         self._next_index = 0
         self._last_broker: str | None = None
-        quiet_aiormq_logging()
+        self._name = f"osel@{socket.gethostname()}"
+        quiet_pika_logging()
 
     @property
     def connected(self) -> bool:
@@ -271,25 +436,14 @@ class AmqpSource:
         self, exchange: str, routing_key: str, body: bytes, headers: dict[str, str]
     ) -> bool:
         """Publish a persistent message on the live connection (`""`: the default
-        exchange). False, having sent nothing, when there is no connection."""
+        exchange) and wait for the broker's confirm. False, having sent nothing,
+        when there is no connection."""
         session = self._session
         if session is None or not session.alive:
             return False
         # a channel of its own: a missing exchange closes it, not the consuming one
-        channel = await session.connection.channel(publisher_confirms=True)
-        try:
-            target = (
-                channel.default_exchange
-                if not exchange
-                else await channel.get_exchange(exchange, ensure=True)
-            )
-            message = aio_pika.Message(
-                body, headers=dict(headers), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-            )
-            await target.publish(message, routing_key=routing_key, timeout=self._connect_timeout)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        async with asyncio.timeout(self._connect_timeout):
+            await _publish(session.connection, exchange, routing_key, body, headers)
         return True
 
     async def close(self) -> None:
@@ -304,7 +458,7 @@ class AmqpSource:
                 await task
         session, self._session = self._session, None
         if session is not None:
-            await _close_connection(session.connection)
+            await session.connection.close()
         self._purge()
 
     # -- consuming -------------------------------------------------------
@@ -344,25 +498,31 @@ class AmqpSource:
             return None
         return session
 
-    async def _on_delivered(self, session: _Session, message: aiormq.abc.DeliveredMessage) -> None:
-        """One delivery from the broker, straight from aiormq: aio-pika's message object
-        (and the task it runs the callback in) is not needed to buffer it."""
-        frame = message.delivery
-        tag = getattr(frame, "delivery_tag", None)
+    def _on_delivered(
+        self,
+        session: _Session,
+        _channel: pika.channel.Channel,
+        method: pika.spec.Basic.Deliver,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        """One delivery from the broker, called by pika as the frames are read: it
+        only goes into the buffer."""
+        tag = method.delivery_tag
         if session is not self._session or not session.alive or tag is None:
             return
         session.outstanding.add(tag)
         self._arrived.set()
         self._buffer.append(
             Delivery(
-                body=message.body,
+                body=body,
                 delivery_tag=tag,
                 generation=session.generation,
-                exchange=getattr(frame, "exchange", None) or "",
-                routing_key=getattr(frame, "routing_key", None) or "",
-                redelivered=bool(getattr(frame, "redelivered", False)),
+                exchange=method.exchange or "",
+                routing_key=method.routing_key or "",
+                redelivered=bool(method.redelivered),
                 broker=session.endpoint.host,
-                message_id=message.header.properties.message_id,
+                message_id=properties.message_id,
             )
         )
 
@@ -370,19 +530,13 @@ class AmqpSource:
         self, session: _Session, how: str, tag: int, *, multiple: bool = False, requeue: bool = True
     ) -> None:
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                if how == "ack":
-                    await session.underlay.basic_ack(tag, multiple=multiple)
-                else:
-                    await session.underlay.basic_nack(tag, requeue=requeue)
-        except (
-            aiormq.exceptions.AMQPError,
-            aiormq.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-            TimeoutError,
-        ) as exc:
-            # The channel is gone (or stuck): the broker redelivers everything
-            # unacked once the connection is dropped.
+            if how == "ack":
+                session.channel.channel.basic_ack(tag, multiple=multiple)
+            else:
+                session.channel.channel.basic_nack(tag, requeue=requeue)
+        except (pika.exceptions.AMQPError, ConnectionError) as exc:
+            # The channel is gone: the broker redelivers everything unacked once
+            # the connection is dropped.
             self._log.debug("amqp %s of tag %d dropped: %s", how, tag, describe_error(exc))
             session.mark_lost(exc)
 
@@ -422,7 +576,7 @@ class AmqpSource:
             self._session = None
             self._purge(session.generation)
             self._next_index = (self._endpoints.index(session.endpoint) + 1) % len(self._endpoints)
-            await _close_connection(session.connection)
+            await session.connection.close()
             self._outage.failed(exc)
 
     async def _pause(self, seconds: float) -> bool:
@@ -488,78 +642,91 @@ class AmqpSource:
         )
 
     async def _connect(self, endpoint: AmqpEndpoint) -> _Session:
-        connection = await aio_pika.connect(
-            **endpoint.connect_kwargs(),
-            ssl_context=self._ssl_context if endpoint.ssl else None,
-            timeout=self._connect_timeout,
+        parameters = connection_parameters(
+            endpoint,
+            ssl_context=self._ssl_context,
             heartbeat=self._heartbeat,
-            client_properties={"connection_name": f"osel@{socket.gethostname()}"},
+            connect_timeout=self._connect_timeout,
+            name=self._name,
         )
+        async with asyncio.timeout(self._connect_timeout):
+            connection = await _Connection.open(parameters)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 return await self._open_session(endpoint, connection)
         except BaseException:
             self._session = None
-            await _close_connection(connection)
+            await connection.close()
             raise
 
-    async def _open_session(
-        self, endpoint: AmqpEndpoint, connection: AbstractConnection
-    ) -> _Session:
-        channel = await connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self._prefetch)
-        queue = await self._declare(channel, endpoint)
+    async def _open_session(self, endpoint: AmqpEndpoint, connection: _Connection) -> _Session:
+        channel = await _Channel.open(connection.connection)
+        await channel.call(channel.channel.basic_qos, prefetch_count=self._prefetch)
+        await self._declare(channel, endpoint)
+        loop = asyncio.get_running_loop()
         self._generation += 1
         session = _Session(
             generation=self._generation,
             endpoint=endpoint,
             connection=connection,
             channel=channel,
-            underlay=await channel.get_underlay_channel(),
-            lost=asyncio.get_running_loop().create_future(),
-            started_at=asyncio.get_running_loop().time(),
+            lost=loop.create_future(),
+            started_at=loop.time(),
         )
-        connection.close_callbacks.add(lambda _sender, exc: session.mark_lost(exc))
-        channel.close_callbacks.add(lambda _sender, exc: session.mark_lost(exc))
-        session.underlay.on_consumer_cancel_callbacks.add(
+        for closed in (connection.closed, channel.closed):
+            closed.add_done_callback(lambda f: session.mark_lost(f.result()))
+        channel.channel.add_on_cancel_callback(
             lambda _frame: session.mark_lost(ConnectionError("consumer cancelled by the broker"))
         )
         self._session = session
-        await session.underlay.basic_consume(
-            queue.name, functools.partial(self._on_delivered, session), no_ack=False
+        on_message: Callable[..., None] = lambda *args: self._on_delivered(session, *args)  # noqa: E731
+        await channel.call(
+            channel.channel.basic_consume, self._queue_name, on_message, auto_ack=False
         )
         return session
 
-    async def _declare(self, channel: AbstractChannel, endpoint: AmqpEndpoint) -> AbstractQueue:
+    async def _declare(self, channel: _Channel, endpoint: AmqpEndpoint) -> None:
         """Declare the exchanges and our own queue, and bind it."""
         for name in self._exchanges:
             try:
-                await channel.declare_exchange(
-                    name, aio_pika.ExchangeType.TOPIC, durable=self._exchange_durable
+                await channel.call(
+                    channel.channel.exchange_declare,
+                    name,
+                    exchange_type="topic",
+                    durable=self._exchange_durable,
                 )
-            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != _PRECONDITION_FAILED:
+                    raise
                 raise AmqpConfigError(
                     f"exchange {name!r} already exists on {endpoint.host} with other arguments "
-                    f"({exc}); set amqp.exchange_durable to "
+                    f"({exc.reply_text}); set amqp.exchange_durable to "
                     f"{str(not self._exchange_durable).lower()} to match it"
                 ) from None
         quorum = self._queue_type == "quorum"
         try:
-            queue = await channel.declare_queue(
+            await channel.call(
+                channel.channel.queue_declare,
                 self._queue_name,
                 durable=True,
                 arguments={"x-queue-type": "quorum"} if quorum else None,
             )
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != _PRECONDITION_FAILED:
+                raise
             raise AmqpConfigError(
                 f"queue {self._queue_name!r} already exists on {endpoint.host} with other "
-                f"arguments ({exc}); set amqp.queue_type to match it, or choose another "
-                "amqp.queue"
+                f"arguments ({exc.reply_text}); set amqp.queue_type to match it, or choose "
+                "another amqp.queue"
             ) from None
         for exchange in self._exchanges:
             for topic in self._topics:
-                await queue.bind(exchange, routing_key=f"{topic}.info")
-        return queue
+                await channel.call(
+                    channel.channel.queue_bind,
+                    self._queue_name,
+                    exchange,
+                    routing_key=f"{topic}.info",
+                )
 
 
 def _validate(
@@ -588,11 +755,45 @@ def _validate(
         raise ValueError(f"amqp.queue_type must be one of {', '.join(_QUEUE_TYPES)}")
 
 
-async def _close_connection(connection: AbstractConnection) -> None:
-    """Close quietly and boundedly: the connection may already be dead."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
-            await connection.close()
+async def _publish(
+    connection: _Connection, exchange: str, routing_key: str, body: bytes, headers: dict[str, str]
+) -> None:
+    """Publish one persistent message on a channel of its own, with publisher confirms;
+    raises unless the broker confirmed it. A message the broker cannot route (no
+    such queue) comes back and is reported."""
+    channel = await _Channel.open(connection.connection)
+    try:
+        loop = asyncio.get_running_loop()
+        confirmed: asyncio.Future[bool] = loop.create_future()
+        returned: list[str] = []
+
+        def on_confirm(frame: Any) -> None:
+            if not confirmed.done():
+                confirmed.set_result(isinstance(frame.method, pika.spec.Basic.Ack))
+
+        def on_return(_ch: Any, method: Any, _props: Any, _body: bytes) -> None:
+            returned.append(f"{method.reply_code} {method.reply_text}")
+
+        channel.channel.add_on_return_callback(on_return)
+        await channel.call(channel.channel.confirm_delivery, on_confirm)
+        if exchange:  # it must exist: a passive declare closes the channel (404) if not
+            await channel.call(channel.channel.exchange_declare, exchange, passive=True)
+        channel.channel.basic_publish(
+            exchange,
+            routing_key,
+            body,
+            properties=pika.BasicProperties(headers=dict(headers), delivery_mode=2),
+            mandatory=True,
+        )
+        if not await channel._wait(confirmed):
+            raise ConnectionError(f"the broker refused the message (nack) for {routing_key!r}")
+        if returned:
+            raise ConnectionError(
+                f"the broker could not route the message to {routing_key!r} "
+                f"({returned[0]}): no queue is bound for it"
+            )
+    finally:
+        channel.close()
 
 
 async def publish_once(
@@ -607,32 +808,26 @@ async def publish_once(
 ) -> str:
     """Publish one persistent message through the first endpoint that answers
     (for command-line tools); returns that endpoint's label."""
+    quiet_pika_logging()
     errors = []
     for endpoint in endpoints:
+        parameters = connection_parameters(
+            endpoint,
+            ssl_context=ssl_context,
+            heartbeat=0,
+            connect_timeout=connect_timeout,
+            name=f"osel-cli@{socket.gethostname()}",
+        )
         try:
-            connection = await aio_pika.connect(
-                **endpoint.connect_kwargs(),
-                timeout=connect_timeout,
-                ssl_context=ssl_context if endpoint.ssl else None,
-            )
-        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+            async with asyncio.timeout(connect_timeout):
+                connection = await _Connection.open(parameters)
+        except (TimeoutError, OSError, pika.exceptions.AMQPError) as exc:
             errors.append(f"{endpoint.label}: {describe_error(exc)}")
             continue
         try:
-            channel = await connection.channel(publisher_confirms=True)
-            target = (
-                channel.default_exchange
-                if not exchange
-                else await channel.get_exchange(exchange, ensure=True)
-            )
-            await target.publish(
-                aio_pika.Message(
-                    body, headers=dict(headers), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                ),
-                routing_key=routing_key,
-                timeout=connect_timeout,
-            )
+            async with asyncio.timeout(connect_timeout):
+                await _publish(connection, exchange, routing_key, body, headers)
             return endpoint.label
         finally:
-            await _close_connection(connection)
+            await connection.close()
     raise AmqpConnectError("; ".join(errors) or "no endpoint")

@@ -38,8 +38,6 @@ def setup(level: str = "info", fmt: str = "console", secrets: Iterable[str] = ()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in (
-        "aiormq",
-        "aio_pika",
         "keystoneauth",
         "stevedore",
         "openstack",

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TypedDict
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["AmqpEndpoint", "ConnectKwargs", "parse_transport_url"]
+__all__ = ["AmqpEndpoint", "parse_transport_url"]
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +38,6 @@ _DEFAULT_CREDENTIAL = "guest"
 _SCHEMES = {"rabbit": False, "amqp": False, "amqps": True}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class ConnectKwargs(TypedDict):
-    """Keyword arguments for `aio_pika.connect`."""
-
-    host: str
-    port: int
-    login: str
-    password: str
-    virtualhost: str
-    ssl: bool
 
 
 @dataclass(frozen=True)
@@ -74,17 +62,6 @@ class AmqpEndpoint:
         """``host:port`` (IPv6 in brackets), safe for logs."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
-
-    def connect_kwargs(self) -> ConnectKwargs:
-        """Keyword arguments for `aio_pika.connect` (add ``ssl_context`` for TLS)."""
-        return ConnectKwargs(
-            host=self.host,
-            port=self.port,
-            login=self.username,
-            password=self.password,
-            virtualhost=self.virtual_host,
-            ssl=self.ssl,
-        )
 
 
 def parse_transport_url(url: str) -> list[AmqpEndpoint]:

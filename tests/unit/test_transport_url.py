@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 import pytest
 
+from osel.amqp import connection_parameters
 from osel.transport_url import AmqpEndpoint, parse_transport_url
 
 SECRET = "s3cr3t-Pa55"
@@ -144,17 +146,30 @@ def test_repr_masks_password() -> None:
     assert "password='***'" in repr(endpoint)
 
 
-def test_connect_kwargs() -> None:
-    """connect_kwargs() maps onto aio_pika.connect's parameters."""
+def test_connection_parameters() -> None:
+    """An endpoint maps onto pika's parameters: one attempt (osel's loop retries), TLS
+    checked against the endpoint's host name."""
     [endpoint] = parse_transport_url("amqps://me:pw@broker:5999/nova")
+    context = ssl.create_default_context()
 
-    assert endpoint.connect_kwargs() == {
-        "host": "broker",
-        "port": 5999,
-        "login": "me",
-        "password": "pw",
-        "virtualhost": "nova",
-        "ssl": True,
-    }
+    params = connection_parameters(
+        endpoint, ssl_context=context, heartbeat=30, connect_timeout=4, name="osel@h"
+    )
+
+    assert (params.host, params.port, params.virtual_host) == ("broker", 5999, "nova")
+    assert (params.credentials.username, params.credentials.password) == ("me", "pw")
+    assert params.ssl_options is not None
+    assert params.ssl_options.context is context
+    assert params.ssl_options.server_hostname == "broker"
+    assert (params.heartbeat, params.connection_attempts) == (30, 1)
+    assert (params.socket_timeout, params.stack_timeout) == (4, 4)
+    assert params.client_properties == {"connection_name": "osel@h"}
+    [plain] = parse_transport_url("amqp://me:pw@broker/")
+    assert (
+        connection_parameters(
+            plain, ssl_context=None, heartbeat=0, connect_timeout=1, name="x"
+        ).ssl_options
+        is None
+    )
     assert endpoint.label == "broker:5999"
     assert ep("::1").label == "[::1]:5672"
