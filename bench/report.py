@@ -292,7 +292,10 @@ def markdown(results: dict[str, Any]) -> str:
 LIMITS = [
     "Unlike the sections above, this one is written by hand: its figures come from "
     "separate runs on the same machine (November 2026) that took the process apart, "
-    "and a new run of the benchmark does not update them.",
+    "and a new run of the benchmark does not update them. The machine is shared and "
+    "its speed varies from day to day (the ceiling consumer measured 27,000-28,000 "
+    "messages/s on some days and about 15,700 on others), so the comparisons below are "
+    "between runs interleaved on the same day.",
     "",
     "The broker side is not the limit: the ceiling consumer takes the same messages "
     "several times faster, osel sends one `basic.ack(multiple)` per batch of up to "
@@ -300,39 +303,42 @@ LIMITS = [
     "ignored event types without decoding them, and a batch of only those never touches "
     "the store.",
     "",
-    "osel is bound by CPU in one process. Sampled once a second during a 60,000-message "
-    "drain, its process used 97-100% of one core and RabbitMQ 10-20% of the other: "
-    "Python runs one thread at a time, so the daemon's threads (the event loop, SQLite's "
-    "worker threads, the file sink's writer) share that one core. A py-spy profile of "
-    "the same drain (all threads): SQLite executing statements in its worker threads "
-    "about a third of the samples; the rest on the event loop: handling (decoding, the "
-    "exposure of every address a change touches, the decision and its records), "
-    "reading AMQP frames (aiormq), SQLAlchemy building statement parameters, the scan "
-    "scheduler. Each "
-    "relevant notification of the mix makes on average 2.7 audit records of about 1.6 kB "
-    "of JSON, 2.3 scan targets and 3.5 exposure-window rows, each written, indexed and "
-    "later updated or read back for the sinks. [Each half of the mix alone](#each-half-"
-    "of-the-mix-alone) shows the two costs, measured in the run: on the mix they make "
-    "roughly equal halves. Profiled, more than half of an ignored message's time is "
-    "aiormq reading its frames (a task and queue hand-offs per frame).",
+    "osel is bound by CPU in one process: Python runs one thread at a time, so the "
+    "daemon's threads (the event loop, SQLite's worker threads, the file sink's writer) "
+    "share about one core. [Each half of the mix alone](#each-half-of-the-mix-alone) "
+    "shows the two costs, measured in the run: a relevant notification costs about 20 "
+    "times an ignored one, and makes on average 2.7 audit records of about 1.6 kB of "
+    "JSON, 2.3 scan targets and 3.5 exposure-window rows, each written, indexed and "
+    "later updated or read back for the sinks. On the mix the relevant tenth is now "
+    "about two thirds of the time. A py-spy profile of a 60,000-message drain of the "
+    "mix (all threads): the event loop busy about three quarters of the time, on pika "
+    "reading frames (about a fifth of its samples), decoding and handling, the "
+    "decision and its records, SQLAlchemy building statement parameters and the scan "
+    "scheduler; the other quarter it waits for SQLite's worker threads, which execute "
+    "the statements (each busy about 13% of the time).",
     "",
-    "What moved the rate, measured with the same mix driven through the daemon's "
-    "`process` in one process (no broker, SQLite): writing the exposure windows of a "
-    "commit in bulk instead of per decision, one UPDATE for the records of a launched "
-    "scan batch instead of one per record, caching the permits of rules and the "
-    "classification of prefixes, and batches of 1,000 instead of 200; the real process "
-    "went from about 1,900 messages/s (the first run of this benchmark) to the figures "
-    "above. What did not: handling the next batch while the previous one commits "
-    "(tried, 5,400-5,900 messages/s either way, so not kept: there is no idle time to "
-    "fill), the interpreter's thread switch interval (1 ms, 5 ms, 20 ms: the same) "
-    "and queueing SQLite's writers in the process (kept: it removed busy-handler "
-    "sleeps worth 6.8 s of a 10 s drain from the outbox's cursor updates, which shortens "
-    "the way to the sinks, but the rate stayed the same). Reaching half the ceiling needs "
-    "about 2.5 times less CPU per message: an AMQP client that decodes frames without "
-    "a task per message (pika's asyncio adapter, as the ceiling consumer uses pika) for "
-    "the first half, and for the second fewer rows and index updates per change or that "
-    "work on another core (the sinks and the scheduler in a process of their own, which "
-    "on SQLite means two processes sharing one writer).",
+    "What moved the rate: the AMQP client. aio-pika (aiormq underneath) runs a task and "
+    "queue hand-offs for every frame it reads; pika's asyncio adapter calls one plain "
+    "function per delivery. Interleaved runs of the same day: ignored messages drained "
+    "alone went from 4,800-6,200 to about 11,200 messages/s, the mix from 2,900-3,100 "
+    "to 3,700-3,800; relevant messages alone did not change (520-690 either way). "
+    "Before that, with the mix driven through the daemon's `process` in one process (no "
+    "broker, SQLite): writing the exposure windows of a commit in bulk instead of per "
+    "decision, one UPDATE for the records of a launched scan batch instead of one per "
+    "record, caching the permits of rules and the classification of prefixes, and "
+    "batches of 1,000 instead of 200; the real process went from about 1,900 "
+    "messages/s (the first run of this benchmark, on a fast day) to 5,400-6,200 on "
+    "fast days with aio-pika. What did not: handling the next batch while the previous "
+    "one commits (tried with aio-pika, 5,400-5,900 messages/s either way, so not kept), "
+    "batches of 3,000 instead of 1,000 (the same within the noise), the interpreter's "
+    "thread switch interval (1 ms, 5 ms, 20 ms: the same) and queueing SQLite's "
+    "writers in the process (kept: it removed busy-handler sleeps worth 6.8 s of a "
+    "10 s drain from the outbox's cursor updates, which shortens the way to the sinks, "
+    "but the rate stayed the same). Reaching half the ceiling needs about twice less "
+    "CPU per message of the mix, now mostly in the relevant tenth: fewer rows and "
+    "index updates per change, or that work on another core (the sinks and the "
+    "scheduler in a process of their own, which on SQLite means two processes sharing "
+    "one writer).",
     "",
     "Memory: right after it starts, osel holds about 127 MiB (its libraries, "
     "SQLAlchemy about 40 and openstacksdk about 22 of them, and the warm inventory of the "
@@ -342,7 +348,8 @@ LIMITS = [
     "messages (the inventory's indexes did keep an empty entry for every port that ever "
     "had a floating IP: fixed, a few MiB per million messages); SQLite's page caches "
     "capped at 256 KiB per connection took 4-5 MiB off the peak but not the slope; "
-    "capping glibc's malloc arenas (done) and fixing its thresholds (tried) neither.",
+    "capping glibc's malloc arenas (done) and fixing its thresholds (tried) neither; "
+    "the change of AMQP client did not change it either.",
 ]
 RUNNING = [
     "    make bench        # everything; writes this page, performance.png, var/bench/results.json",
