@@ -502,6 +502,12 @@ class QualysSettings(_Model):
     min_remaining: int = Field(5, ge=0, description="Stop launching while fewer API calls remain")
     follow: bool = Field(True, description="Poll scans to their end")
     poll_seconds: float = Field(60, gt=0, description="Scan status poll period (s)")
+    missing_scan_hours: float = Field(
+        24,
+        gt=0,
+        description="End a followed scan in error once Qualys has stopped listing it "
+        "for this long (h)",
+    )
     add_unknown_ips: bool = Field(False, description="Add addresses Qualys does not know yet")
     timeout_seconds: float = Field(30, gt=0, description="API call timeout (s)")
     verify: bool = Field(True, description="Verify TLS certificates")

@@ -180,6 +180,7 @@ class Daemon:
             max_targets=settings.scan.max_targets,
             instance=self.instance,
             cooldown_minutes=settings.scan.cooldown_minutes,
+            missing_scan_hours=settings.qualys.missing_scan_hours,
             backoff=self.backoff,
         )
         self.outbox = Outbox(

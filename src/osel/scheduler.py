@@ -299,6 +299,7 @@ class Scheduler:
         instance: str,
         cooldown_minutes: float = 0.0,
         backoff: BackoffPolicy | None = None,
+        missing_scan_hours: float = 24.0,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -311,6 +312,9 @@ class Scheduler:
         self.outage = OutageLog(f"scan backend {backend.name}", log, cap=self.backoff.cap)
         self._wait_notes: set[str] = set()
         self._results_due: dict[str, ScanStatus] = {}  # finished, results not fetched yet
+        # a launched scan the backend stopped listing (deleted in Qualys): since when
+        self.missing_after = timedelta(hours=missing_scan_hours)
+        self._missing: dict[str, datetime] = {}
 
     # --- the loops' entry points ----------------------------------------------
 
@@ -355,6 +359,7 @@ class Scheduler:
             return 0
         active = {r.reference for r in rows}
         self._results_due = {k: v for k, v in self._results_due.items() if k in active}
+        self._missing = {k: v for k, v in self._missing.items() if k in active}
         due = [r for r in rows if r.reference in self._results_due]
         changed = 0
         if not due:  # when results are due, fetch them before spending a call on a poll
@@ -369,7 +374,9 @@ class Scheduler:
             for row in rows:
                 status = statuses.get(row.reference)
                 if status is None:
+                    changed += await self._not_listed(row)
                     continue
+                self._missing.pop(row.reference, None)
                 if status.state == FINISHED:
                     self._results_due[row.reference] = status
                     due.append(row)
@@ -388,6 +395,31 @@ class Scheduler:
             self._results_due.pop(row.reference, None)
             changed += await self._finished(row, status, hosts, note)
         return changed
+
+    async def _not_listed(self, row: Any) -> int:
+        """A launched scan the backend does not list (deleted, or purged by its
+        retention): warned about once, then, after ``missing_after`` of polls that
+        do not find it, its batch ends in error and is no longer polled."""
+        now = utcnow()
+        since = self._missing.setdefault(row.reference, now)
+        if now - since < self.missing_after:
+            if since == now:
+                log.warning(
+                    "scan %s (batch %s) is not listed by %s; it ends in error if it is "
+                    "still missing after %s (qualys.missing_scan_hours)",
+                    row.reference,
+                    row.id,
+                    self.backend.name,
+                    self.missing_after,
+                )
+            return 0
+        del self._missing[row.reference]
+        error = (
+            f"{self.backend.name} no longer lists the scan (deleted there?); polled "
+            f"without finding it since {since.isoformat(timespec='seconds')}, osel stopped "
+            "following it"
+        )
+        return await self._moved(row, ScanStatus(row.reference, ERROR, "Not listed", error))
 
     # --- forming batches ------------------------------------------------------
 

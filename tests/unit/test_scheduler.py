@@ -565,3 +565,34 @@ async def test_results_that_cannot_be_fetched_finish_the_batch_with_the_reason(s
     (row,) = await batch_rows(store)
     assert row.state == FINISHED and "could not be fetched" in row.error
     assert "could not be fetched" in (await scan_records(store))[-1]["qualys_scan_error"]
+
+
+async def test_a_scan_the_backend_stops_listing_ends_in_error_after_the_grace(store: Store):
+    """A launched scan deleted in the scanner is not polled forever: missing once it is
+    only warned about; a scan listed again is followed as before; missing for longer
+    than missing_scan_hours, its batch ends in error and is not asked about again."""
+    ids = await changes(store, ("203.0.113.1", 0))
+    backend = FakeBackend()
+    patient = scheduler(store, backend)  # the default: a day
+    await patient.tick()
+    del backend.remote.status["scan/1.1"]
+    assert await patient.follow() == 0
+    assert (await batch_rows(store))[0].state == LAUNCHED
+    backend.remote.set("scan/1.1", RUNNING, "Running")  # back in the list
+    assert await patient.follow() == 1
+    assert patient._missing == {}
+
+    del backend.remote.status["scan/1.1"]
+    hasty = scheduler(store, backend, missing_scan_hours=1e-9)
+    assert await hasty.follow() == 0  # first miss: the clock starts
+    await asyncio.sleep(0.01)
+    assert await hasty.follow() == 1
+    (row,) = await batch_rows(store)
+    assert (row.state, row.qualys_state) == (ERROR, "Not listed")
+    assert row.finished_at is not None
+    last = (await scan_records(store))[-1]
+    assert last["scan_state"] == ERROR and "no longer lists the scan" in last["qualys_scan_error"]
+    assert (await change_records(store))[ids[0]]["scan_state"] == ERROR
+    polls = len(backend.calls)
+    assert await hasty.follow() == 0
+    assert backend.calls[polls:] == []  # nothing active is left to ask about
