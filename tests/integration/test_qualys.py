@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from osel.backoff import BackoffPolicy
 from osel.config import QualysSettings
 from osel.qualys.backend import QualysBackend
-from osel.scheduler import FINISHED, LAUNCHED, QUEUED, Scheduler
+from osel.scheduler import ERROR, FINISHED, LAUNCHED, QUEUED, Scheduler
 from osel.store.store import Store
 from simulators.qualys import QualysSimulator, expand, serve_in_thread, start
 from tests.integration import neutron_fixtures as nf
@@ -305,6 +305,38 @@ async def test_a_burst_of_409s_over_the_wire_delays_and_loses_nothing(db: Store)
         await runner.cleanup()
     assert len(sim.refused("1960")) == 3 and len(sim.refused("1965")) == 1
     assert len(sim.launches()) == 3
+
+
+async def test_a_scan_qualys_stops_listing_ends_in_error_and_is_not_polled_again(db: Store):
+    """A launched scan that disappears from Qualys's scan list (deleted there, or purged
+    by its retention) ends its batch in error once missing_scan_hours have passed, and
+    osel stops asking Qualys about it."""
+    sim = QualysSimulator(queued_seconds=30, running_seconds=30)
+    runner, url = await served(sim)
+    back = QualysBackend(settings(url, min_remaining=0), db, backoff=FAST)
+    try:
+        await changes(db, ("203.0.113.1", 0))
+        sched = Scheduler(
+            db, back, window_seconds=0, max_targets=1, instance="t", backoff=FAST,
+            missing_scan_hours=1e-9,
+        )  # fmt: skip
+        await sched.tick()
+        (row,) = await batch_rows(db)
+        assert row.state == LAUNCHED
+        assert await sched.follow() == 1  # listed: Queued
+        del sim.scans[row.reference]  # gone from Qualys
+        assert await sched.follow() == 0  # the first miss starts the clock
+        await asyncio.sleep(0.01)
+        assert await sched.follow() == 1
+        polls = len(sim.calls)
+        assert await sched.follow() == 0
+    finally:
+        await back.close()
+        await runner.cleanup()
+    (row,) = await batch_rows(db)
+    assert (row.state, row.qualys_state) == (ERROR, "Not listed")
+    assert "no longer lists the scan" in row.error
+    assert len(sim.calls) == polls  # nothing left to ask Qualys about
 
 
 async def test_bad_credentials_show_once_per_batch_in_osel_scans(db: Store, tmp_path: Path):
