@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -126,7 +127,7 @@ class _Channel:
     @classmethod
     async def open(cls, connection: AsyncioConnection) -> _Channel:
         channel = cls(connection)
-        await channel._wait(channel._opened)
+        await channel.wait(channel._opened)
         return channel
 
     async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -140,9 +141,10 @@ class _Channel:
         if self.closed.done():
             raise self.closed.result()
         method(*args, callback=answered, **kwargs)
-        return await self._wait(reply)
+        return await self.wait(reply)
 
-    async def _wait(self, future: asyncio.Future[Any]) -> Any:
+    async def wait(self, future: asyncio.Future[Any]) -> Any:
+        """Await ``future``, failed with the broker's reason if the channel closes first."""
         self._waiting.add(future)
         try:
             return await future
@@ -202,10 +204,7 @@ class _Connection:
             self.opened.set_result(None)
 
     def _on_open_error(self, _connection: Any, exc: BaseException | str) -> None:
-        error = _cause(exc) if isinstance(exc, BaseException) else ConnectionError(str(exc))
-        if not self.opened.done():
-            self.opened.set_exception(error)
-        self._closed(error)
+        self._closed(_cause(exc) if isinstance(exc, BaseException) else ConnectionError(str(exc)))
 
     def _on_close(self, _connection: Any, exc: BaseException) -> None:
         self._closed(_closed_error(exc, "connection"))
@@ -283,15 +282,18 @@ def connection_parameters(
     name: str,
 ) -> pika.ConnectionParameters:
     """pika's parameters for one endpoint: one attempt (osel's loop retries), TLS with
-    the host name checked against the endpoint's host."""
+    the host name checked against the endpoint's host (with the system's CAs when no
+    context is given: an amqps endpoint never falls back to plain TCP)."""
     return pika.ConnectionParameters(
         host=endpoint.host,
         port=endpoint.port,
         virtual_host=endpoint.virtual_host,
         credentials=pika.PlainCredentials(endpoint.username, endpoint.password),
         ssl_options=(
-            pika.SSLOptions(ssl_context, server_hostname=endpoint.host)
-            if endpoint.ssl and ssl_context is not None
+            pika.SSLOptions(
+                ssl_context or ssl.create_default_context(), server_hostname=endpoint.host
+            )
+            if endpoint.ssl
             else None
         ),
         heartbeat=heartbeat,
@@ -509,7 +511,7 @@ class AmqpSource:
         """One delivery from the broker, called by pika as the frames are read: it
         only goes into the buffer."""
         tag = method.delivery_tag
-        if session is not self._session or not session.alive or tag is None:
+        if session is not self._session or not session.alive:
             return
         session.outstanding.add(tag)
         self._arrived.set()
@@ -679,7 +681,7 @@ class AmqpSource:
             lambda _frame: session.mark_lost(ConnectionError("consumer cancelled by the broker"))
         )
         self._session = session
-        on_message: Callable[..., None] = lambda *args: self._on_delivered(session, *args)  # noqa: E731
+        on_message = functools.partial(self._on_delivered, session)
         await channel.call(
             channel.channel.basic_consume, self._queue_name, on_message, auto_ack=False
         )
@@ -785,7 +787,7 @@ async def _publish(
             properties=pika.BasicProperties(headers=dict(headers), delivery_mode=2),
             mandatory=True,
         )
-        if not await channel._wait(confirmed):
+        if not await channel.wait(confirmed):
             raise ConnectionError(f"the broker refused the message (nack) for {routing_key!r}")
         if returned:
             raise ConnectionError(
@@ -821,7 +823,7 @@ async def publish_once(
         try:
             async with asyncio.timeout(connect_timeout):
                 connection = await _Connection.open(parameters)
-        except (TimeoutError, OSError, pika.exceptions.AMQPError) as exc:
+        except Exception as exc:  # as _connect_round: pika's connector errors are plain ones
             errors.append(f"{endpoint.label}: {describe_error(exc)}")
             continue
         try:
