@@ -45,6 +45,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from osel.exposure import address_int
+
 MASK = "********"
 ENV_PREFIX = "OSEL_"
 CONFIG_ENV = "OSEL_CONFIG"
@@ -266,6 +268,11 @@ def _network(value: Any) -> IPv4Network | IPv6Network:
         raise ValueError("expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32") from None
 
 
+def _contains(net: IPv4Network | IPv6Network, version: int, value: int) -> bool:
+    low, high = int(net.network_address), int(net.broadcast_address)
+    return net.version == version and low <= value <= high
+
+
 Network = Annotated[IPv4Network | IPv6Network, PlainValidator(_network), PlainSerializer(str)]
 
 
@@ -453,17 +460,21 @@ class ScopeSettings(_Model):
 
     def classify(self, address: str) -> str | None:
         """None when ``address`` is in scope, else a short reason why not."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return f"not an IP address: {address!r}"
-        if ip.version == 6 and self.ipv6 == "drop":
+        plain = address_int(address)  # asked for every address of every change: no ipaddress
+        if plain is None:
+            try:
+                ip = ipaddress.ip_address(address)  # what inet_pton refuses, e.g. scoped IPv6
+            except ValueError:
+                return f"not an IP address: {address!r}"
+            plain = ip.version, int(ip)
+        version, value = plain
+        if version == 6 and self.ipv6 == "drop":
             return "IPv6 and scope.ipv6 is drop"
         for net in self.exclude_cidrs:
-            if ip.version == net.version and ip in net:
+            if _contains(net, version, value):
                 return f"excluded by scope.exclude_cidrs {net}"
         if self.include_cidrs and not any(
-            ip.version == net.version and ip in net for net in self.include_cidrs
+            _contains(net, version, value) for net in self.include_cidrs
         ):
             return "not in scope.include_cidrs"
         return None

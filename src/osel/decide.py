@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from osel.exposure import Permit, rule_remotes
 from osel.handlers import AUDIT_ONLY, Change, Effect
+from osel.model import Rule
 from osel.policy import Outcome, Policy, PolicyException, Subject, iso
 
 SOURCE_TYPE = "osel2.0"
@@ -85,14 +87,19 @@ def now_iso() -> str:
 def _internet(change: Change, effect: Effect | None) -> bool:
     rule = change.rule
     if rule is not None and change.change_type in ("sg_rule_add", "sg_rule_del"):
-        if rule.direction != "ingress" or not rule.security_group_id:
-            return False
-        version = 6 if rule.ethertype == "IPv6" else 4
-        return any(internet for _, internet in rule_remotes(rule, version, lambda _i: None))
+        return _rule_internet(rule)
     if effect is None:
         return False
     changed = effect.opened + effect.closed
     return any(p.internet for p in (changed or effect.after))
+
+
+@lru_cache(maxsize=4096)  # asked once per address a rule change affects
+def _rule_internet(rule: Rule) -> bool:
+    if rule.direction != "ingress" or not rule.security_group_id:
+        return False
+    version = 6 if rule.ethertype == "IPv6" else 4
+    return any(internet for _, internet in rule_remotes(rule, version, lambda _i: None))
 
 
 def _scan_verdict(change: Change, effect: Effect, internet: bool, rules: Rules) -> str | None:
@@ -143,13 +150,14 @@ def risk_priority(permits: list[Permit], internet: bool) -> int:
     return (0 if internet else 2) + (0 if admin else 1)
 
 
-def _base(change: Change, observed_at: str, instance: str, broker: str) -> dict[str, Any]:
+def _template(change: Change, observed_at: str, instance: str, broker: str) -> dict[str, Any]:
+    """What every record of one change has in common (`_record` makes each one)."""
     n = change.notification
     rule = change.rule
     return {
         "source_type": SOURCE_TYPE,
         "record_type": "change",
-        "record_id": str(uuid.uuid4()),
+        "record_id": "",
         "change_type": change.change_type,
         "event_type": n.event_type,
         "message_id": n.message_id,
@@ -179,6 +187,20 @@ def _base(change: Change, observed_at: str, instance: str, broker: str) -> dict[
         "source_message_bus": broker,
         "osel_instance": instance,
     }
+
+
+def _record(template: dict[str, Any]) -> dict[str, Any]:
+    """A change record of its own: its id, and nothing mutable shared with another."""
+    record = dict(template)
+    rule = template["security_group_rule"]
+    record.update(
+        record_id=str(uuid.uuid4()),
+        security_group_rule=dict(rule) if rule is not None else None,
+        opened=[],
+        closed=[],
+        policy_matches=[],
+    )
+    return record
 
 
 EXPIRY_NAMESPACE = uuid.UUID("5d0c1b9e-3f57-4c43-9a51-0e6b4f0a7c21")
@@ -253,14 +275,15 @@ def decide(
 ) -> Decision:
     observed = observed_at or now_iso()
     out = Decision()
+    template = _template(change, observed, instance, broker)
     if not change.effects:
-        record = _base(change, observed, instance, broker)
+        record = _record(template)
         record["internet_exposed"] = _internet(change, None)
         record["qualys_scan_error"] = change.note or "no address is affected"
         out.records.append(record)
         return out
     for effect in change.effects:
-        record = _base(change, observed, instance, broker)
+        record = _record(template)
         internet = _internet(change, effect)
         address = effect.address.address
         record.update(

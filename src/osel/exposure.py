@@ -11,6 +11,7 @@ it: a second rule that adds nothing is not an opening.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -78,7 +79,28 @@ def is_internet_prefix(prefix: str) -> bool:
     return not any(net.version == p.version and net.subnet_of(p) for p in _PRIVATE)  # type: ignore[arg-type]
 
 
+def address_int(address: str) -> tuple[int, int] | None:
+    """(IP version, the address as an integer) of a plain address, else None.
+
+    The C parser of the socket module, not `ipaddress`: osel asks this for every
+    address of every change, and a cloud has more addresses than a cache holds.
+    Scoped IPv6 addresses (``fe80::1%eth0``) and prefixes are not plain: None.
+    """
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+    except OSError:
+        pass
+    try:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
+    except OSError:
+        return None
+
+
 def ip_version(address: str) -> int | None:
+    """4 or 6 for an address or a prefix, None for anything else."""
+    plain = address_int(address)
+    if plain is not None:
+        return plain[0]
     net = parse_network(address)
     return net.version if net is not None else None
 

@@ -9,7 +9,7 @@ the inventory can be persisted in the store.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -72,6 +72,18 @@ def _choice(value: Any, key: str, allowed: tuple[str, ...], default: str) -> str
     return str(value)
 
 
+def _flat(record: Any) -> dict[str, Any]:
+    """`dataclasses.asdict` for the flat records here (strings, numbers, tuples of
+    strings), without its deep copy: the inventory writes one per changed resource."""
+    names = _FIELDS.get(type(record))
+    if names is None:
+        names = _FIELDS[type(record)] = tuple(f.name for f in fields(record))
+    return {name: getattr(record, name) for name in names}
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One security-group rule."""
@@ -106,7 +118,7 @@ class Rule:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Rule:
@@ -114,7 +126,7 @@ class Rule:
 
     def to_neutron(self) -> dict[str, Any]:
         """The rule as Neutron's API and notifications show it (the fields osel keeps)."""
-        return {**asdict(self), "tenant_id": self.project_id}
+        return {**_flat(self), "tenant_id": self.project_id}
 
     def audit_view(self) -> dict[str, Any]:
         """The `security_group_rule` object of an audit record."""
@@ -148,7 +160,7 @@ class SecurityGroup:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SecurityGroup:
@@ -156,7 +168,7 @@ class SecurityGroup:
 
     def to_neutron(self, rules: list[Rule] | None = None) -> dict[str, Any]:
         """The group as Neutron shows it; with `rules`, its `security_group_rules` too."""
-        data: dict[str, Any] = {**asdict(self), "tenant_id": self.project_id}
+        data: dict[str, Any] = {**_flat(self), "tenant_id": self.project_id}
         if rules is not None:
             data["security_group_rules"] = [r.to_neutron() for r in rules]
         return data
@@ -218,7 +230,7 @@ class Port:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat(self)
 
     def to_neutron(self) -> dict[str, Any]:
         """The port as Neutron shows it (the fields osel keeps; `from_neutron` reads it back)."""
@@ -268,7 +280,7 @@ class FloatingIP:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FloatingIP:
@@ -276,7 +288,7 @@ class FloatingIP:
 
     def to_neutron(self) -> dict[str, Any]:
         """The floating IP as Neutron shows it (the fields osel keeps)."""
-        return {**asdict(self), "tenant_id": self.project_id}
+        return {**_flat(self), "tenant_id": self.project_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +302,7 @@ class AddressGroup:
         return cls(id=_id(data.get("id"), "id"), addresses=tuple(str(a) for a in addresses))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AddressGroup:
@@ -309,7 +321,7 @@ class Context:
     global_request_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _flat(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,15 @@
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from osel.config import ScopeSettings
 from osel.exposure import (
     Permit,
+    address_int,
     covered,
     diff,
+    ip_version,
     is_internet_prefix,
     normalize_protocol,
     rule_permits,
@@ -75,3 +83,59 @@ def test_address_group_remote_resolves_to_its_cidrs():
         ("10.0.0.0/8", False),
         ("198.18.0.0/15", True),
     ]
+
+
+_ADDRESSES = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded),
+    st.ip_addresses(v=6).map(lambda a: f"{a}%eth0"),
+    st.tuples(st.ip_addresses(v=4), st.integers(0, 32)).map(lambda t: f"{t[0]}/{t[1]}"),
+    st.text(alphabet="0123456789abcdef.:/%x ", max_size=45),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_ADDRESSES)
+def test_address_parsing_agrees_with_ipaddress(text: str) -> None:
+    """The fast parser (inet_pton) gives what `ipaddress` gives, or defers to it."""
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(text)
+    except ValueError:
+        ip = None
+    plain = address_int(text)
+    if plain is not None:
+        assert ip is not None and plain == (ip.version, int(ip))
+    elif ip is not None:
+        assert "%" in text  # only scoped IPv6 is left to ipaddress
+    try:
+        expected: int | None = ipaddress.ip_network(text, strict=False).version
+    except ValueError:
+        expected = None
+    assert ip_version(text) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ADDRESSES)
+def test_scope_classify_agrees_with_ipaddress(text: str) -> None:
+    scope = ScopeSettings.model_validate(
+        {
+            "include_cidrs": ["10.0.0.0/8", "2001:db8::/32", "0.0.0.0/1"],
+            "exclude_cidrs": ["10.1.0.0/16", "2001:db8:1::/48"],
+            "ipv6": "scan",
+        }
+    )
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        assert scope.classify(text) == f"not an IP address: {text!r}"
+        return
+    excluded = [n for n in scope.exclude_cidrs if n.version == ip.version and ip in n]
+    included = any(n.version == ip.version and ip in n for n in scope.include_cidrs)
+    expected = (
+        f"excluded by scope.exclude_cidrs {excluded[0]}"
+        if excluded
+        else None
+        if included
+        else "not in scope.include_cidrs"
+    )
+    assert scope.classify(text) == expected
