@@ -8,6 +8,7 @@ the exposure policy and the clock its exceptions' expiry is judged by.
 from __future__ import annotations
 
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -142,12 +143,16 @@ def policy_priority(label: str, risk: int) -> int:
 
 def risk_priority(permits: list[Permit], internet: bool) -> int:
     """0 internet-exposed admin port, 1 internet-exposed, 2 admin port, 3 the rest."""
-    admin = any(
-        p.protocol in (None, "tcp", "udp")
-        and any(p.port_min <= port <= p.port_max for port in ADMIN_PORTS)
-        for p in permits
-    )
+    admin = any(p.protocol in (None, "tcp", "udp") and _admits_admin_port(p) for p in permits)
     return (0 if internet else 2) + (0 if admin else 1)
+
+
+_ADMIN_SORTED = tuple(sorted(ADMIN_PORTS))
+
+
+def _admits_admin_port(permit: Permit) -> bool:
+    at = bisect_left(_ADMIN_SORTED, permit.port_min)
+    return at < len(_ADMIN_SORTED) and _ADMIN_SORTED[at] <= permit.port_max
 
 
 def _template(change: Change, observed_at: str, instance: str, broker: str) -> dict[str, Any]:
