@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 from sqlalchemy import insert
 
 from osel.store import tables as t
-from osel.store.store import Store
+from osel.store.store import Store, record_json
 
 
 async def _writer(store: Store, key: str, events: list[str]) -> None:
@@ -43,3 +44,18 @@ async def test_a_failed_write_lets_the_next_writer_in(store: Store):
         async with store.begin() as conn:
             await conn.execute(insert(t.meta).values(key="x", value="2"))
     assert await store.get_meta("x") == "2"  # the failed one was rolled back
+
+
+def test_record_json_is_sorted_compact_utf8_and_round_trips() -> None:
+    body = {
+        "user_name": "Zoë",
+        "record_id": "r1",
+        "opened": [{"port_range_min": 22, "internet_exposed": True, "remote": "0.0.0.0/0"}],
+        "address_errors": {10: "int keys become strings as with the json module"},
+        "scan_priority": None,
+    }
+    text = record_json(body)
+    assert text.startswith('{"address_errors":{"10":')
+    assert "Zoë" in text and '": ' not in text and '", "' not in text
+    assert list(json.loads(text)) == sorted(body)
+    assert json.loads(text) == json.loads(json.dumps(body))
