@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from asyncio.subprocess import PIPE
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
 
-from osel.store.store import Store
+from osel.store.store import MIGRATIONS, SCHEMA_REVISION, Store, schema_revision
 from osel.store.tables import metadata
 
 
@@ -19,3 +24,48 @@ async def test_the_migrated_schema_is_the_schema_of_the_code(store: Store):
     async with store.engine.connect() as conn:
         diff = await conn.run_sync(differences)
     assert diff == []
+
+
+def test_the_schema_revision_is_alembic_head():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_REVISION
+
+
+async def test_a_current_store_is_not_migrated_again(store: Store):
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(schema_revision) == SCHEMA_REVISION
+    # a second start on the same store: Alembic is not even imported
+    probe = (
+        "import asyncio, sys\n"
+        "from osel.store.store import Store\n"
+        "async def main():\n"
+        "    s = Store(sys.argv[1])\n"
+        "    await s.migrate()\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", probe, store.url, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await child.communicate()
+    assert child.returncode == 0, err.decode()
+    assert out.decode().strip() == "[]"
+
+
+async def test_an_empty_store_is_migrated_to_the_schema_revision(tmp_path: Path):
+    s = Store(f"sqlite:///{tmp_path}/empty.db")
+    try:
+        async with s.engine.connect() as conn:
+            assert await conn.run_sync(schema_revision) is None
+        await s.migrate()
+        async with s.engine.connect() as conn:
+            assert await conn.run_sync(schema_revision) == SCHEMA_REVISION
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert set(metadata.tables) <= tables
+    finally:
+        await s.close()
