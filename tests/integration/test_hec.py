@@ -64,10 +64,30 @@ def record(i: int) -> dict[str, Any]:
     }
 
 
-async def wait_for(predicate: Any) -> None:
-    async with asyncio.timeout(60):
-        while not predicate():  # noqa: ASYNC110 - the simulator's state has no event
-            await asyncio.sleep(0.02)
+async def wait_for(predicate: Any, state: Any = None) -> None:
+    """Wait up to 60 s; on a timeout, fail with `state()` (what was seen) in the message."""
+    try:
+        async with asyncio.timeout(60):
+            while not predicate():  # noqa: ASYNC110 - the simulator's state has no event
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        if state is None:
+            raise
+        raise AssertionError(f"still waiting after 60 s: {state()}") from None
+
+
+def delivery_state(simulator: HecSimulator, sink: HecSink, outbox: Outbox) -> str:
+    """Both sides of an acknowledged delivery, for a test that times out."""
+    indexed = len(counts(simulator))  # takes the simulator's lock itself
+    with simulator.lock:
+        pending = {channel: sorted(state.pending) for channel, state in simulator.channels.items()}
+        requests = Counter((kind, status) for kind, status, _ in simulator.requests)
+    return (
+        f"indexed {indexed} distinct records; simulator requests {dict(requests)}, "
+        f"acks not reported yet {pending}, acks reported {simulator.acks_reported}; sink "
+        f"requests {sink.requests}, resent {sink.resent_requests}; outbox health "
+        f"{outbox.health.get(sink.sink_id)}"
+    )
 
 
 def counts(simulator: HecSimulator) -> Counter[str]:
@@ -92,9 +112,10 @@ async def test_busy_then_late_out_of_order_acks_every_record_exactly_once(sim, s
             await store.commit(Batch(records=batch))
             outbox.wake.set()
             await asyncio.sleep(0.05)
-        await wait_for(lambda: outbox.health[sink.sink_id].state == "retrying")
-        await wait_for(lambda: len(counts(simulator)) == 200)
-        await wait_for(lambda: outbox.health[sink.sink_id].state == "ok")
+        state = lambda: delivery_state(simulator, sink, outbox)  # noqa: E731
+        await wait_for(lambda: outbox.health[sink.sink_id].state == "retrying", state)
+        await wait_for(lambda: len(counts(simulator)) == 200, state)
+        await wait_for(lambda: outbox.health[sink.sink_id].state == "ok", state)
     finally:
         stop.set()
         await runner
