@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
+from typing import Any
 
 from sqlalchemy import insert
 
 from osel.store import tables as t
-from osel.store.store import Store, record_json
+from osel.store.store import SQLITE_STATEMENT_CACHE, Store, record_json
 
 
 async def _writer(store: Store, key: str, events: list[str]) -> None:
@@ -59,3 +61,24 @@ def test_record_json_is_sorted_compact_utf8_and_round_trips() -> None:
     assert "Zoë" in text and '": ' not in text and '", "' not in text
     assert list(json.loads(text)) == sorted(body)
     assert json.loads(text) == json.loads(json.dumps(body))
+
+
+async def test_sqlite_connections_keep_a_small_statement_cache(tmp_path, monkeypatch):
+    opened: list[dict[str, object]] = []
+    real = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(kwargs)
+        connection: sqlite3.Connection = real(*args, **kwargs)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    store = Store(f"sqlite:///{tmp_path}/osel.db")
+    try:
+        await store.migrate()
+        assert await store.seen(["m1"]) == set()
+    finally:
+        await store.close()
+    assert opened, "the store opened no SQLite connection through sqlite3.connect"
+    assert {k.get("cached_statements") for k in opened} == {SQLITE_STATEMENT_CACHE}
+    assert SQLITE_STATEMENT_CACHE < 128  # below Python's default, which is the point
