@@ -378,7 +378,7 @@ LIMITS = [
     "heap grew from 104 to 120 MiB instead (peak 158 MiB, the drain 297 s instead "
     "of 220 s), so it is not particular to Python's allocator. Ignored messages "
     "alone (300,000) left the process flat at 120 MiB; only the relevant ones make "
-    "it grow. The cause found: SQLite's prepared-statement cache, 128 statements "
+    "it grow. One cause found: SQLite's prepared-statement cache, 128 statements "
     "per connection by default, where every length of an expanding IN list is a "
     "statement of its own; with 16 the same run peaked at 146 MiB with the last "
     "tenth 1.10 times the first (1.15-1.16 before), and 150,000-message drains of "
