@@ -58,6 +58,7 @@ def run(config: str | None) -> None:
     from osel.daemon import Daemon
 
     memory.limit_arenas()  # before any thread starts
+    memory.tune_collector()
 
     async def go() -> int:
         stop = asyncio.Event()

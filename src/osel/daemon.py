@@ -205,6 +205,7 @@ class Daemon:
         await self.store.migrate()
         async with self.store.exclusive():
             await self._prepare_inventory(initial_sync)
+        memory.freeze_long_lived()
 
     async def _prepare_inventory(self, initial_sync: bool) -> None:
         held = await self.store.load_inventory(self.inventory)
@@ -316,6 +317,7 @@ class Daemon:
         """After a failed commit the in-memory inventory is ahead of the store: rebuild it."""
         self.inventory.clear()
         await self.store.load_inventory(self.inventory)
+        memory.freeze_long_lived()
 
     async def consume(self, stop: asyncio.Event) -> None:
         assert self.source is not None

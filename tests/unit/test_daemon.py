@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from osel import memory
 from osel.backoff import BackoffPolicy
 from osel.config import Settings
 from osel.daemon import Daemon
@@ -172,4 +173,22 @@ async def test_a_poison_message_is_quarantined_after_bounded_attempts(tmp_path: 
     assert 3 <= len(source.nacked) <= 6
     stop.set()
     await consumer
+    await daemon.store.close()
+
+
+async def test_the_inventory_is_frozen_once_loaded_and_again_after_each_reload(
+    tmp_path: Path, monkeypatch
+):
+    daemon = Daemon(settings(tmp_path), neutron=neutron_world(), source=FakeSource())
+    frozen: list[int] = []  # how many ports the inventory held at each freeze
+
+    def freeze() -> int:
+        frozen.append(len(daemon.inventory.ports))
+        return 0
+
+    monkeypatch.setattr(memory, "freeze_long_lived", freeze)
+    await daemon.prepare()
+    assert frozen == [1]  # after the first start loaded the inventory from Neutron
+    await daemon._reload_inventory()
+    assert frozen == [1, 1]
     await daemon.store.close()
