@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert
 
 from osel.store import tables as t
-from osel.store.store import SQLITE_STATEMENT_CACHE, Store, record_json
+from osel.store.store import SQLITE_STATEMENT_CACHE, Batch, Store, record_json
 
 
 async def _writer(store: Store, key: str, events: list[str]) -> None:
@@ -82,3 +83,27 @@ async def test_sqlite_connections_keep_a_small_statement_cache(tmp_path, monkeyp
     assert opened, "the store opened no SQLite connection through sqlite3.connect"
     assert {k.get("cached_statements") for k in opened} == {SQLITE_STATEMENT_CACHE}
     assert SQLITE_STATEMENT_CACHE < 128  # below Python's default, which is the point
+
+
+async def test_the_consumers_commit_goes_before_the_writers_already_waiting(tmp_path: Path):
+    # SQLite only: PostgreSQL has no single write lock, so nothing waits to compare
+    store = Store(f"sqlite:///{tmp_path}/osel.db")
+    await store.migrate()
+    try:
+        events: list[str] = []
+        holder = asyncio.create_task(_writer(store, "holder", events))
+        await asyncio.sleep(0.05)  # it holds the write lock for 0.2 s
+        other = asyncio.create_task(_writer(store, "other", events))
+        await asyncio.sleep(0.05)
+        batch = Batch(message_ids=[("m-urgent", "port.create.end")])
+
+        async def commit() -> None:
+            await store.commit(batch)
+            events.append("commit")
+
+        committed = asyncio.create_task(commit())
+        await asyncio.gather(holder, other, committed)
+        assert events.index("commit") < events.index("other in")
+        assert await store.seen(["m-urgent"]) == {"m-urgent"}
+    finally:
+        await store.close()

@@ -7,7 +7,6 @@ by `commit`; only after it returns may the AMQP message be acknowledged.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -40,6 +39,7 @@ from osel.decide import Decision, WindowOp
 from osel.inventory import Dirty, Inventory
 from osel.model import AddressGroup, FloatingIP, Port, Rule, SecurityGroup
 from osel.store import tables as t
+from osel.store.writers import WriterTurns
 
 MIGRATIONS = str(Path(__file__).parent / "migrations")
 # The newest migration's revision (tests check it against Alembic's head). A store already
@@ -197,20 +197,21 @@ class Store:
         # the newest inventory_log entry this process has taken in (see refresh_inventory)
         self.inventory_rev = 0
         # SQLite has one writer at a time; this process's writers take turns here (see begin)
-        self._writer = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._writer = WriterTurns() if self.dialect == "sqlite" else None
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    async def begin(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction (commits at the end, rolls back on an exception).
 
         On SQLite, the process's writers (the consumer, the outbox, the scheduler)
-        queue here for the database's single write lock and each is woken as soon as
-        the one before has committed. Left to SQLite, a writer that finds the lock
-        taken polls for it, sleeping up to 100 ms between tries: measured, those
-        sleeps were most of a backlog's drain time. Not reentrant: a transaction
-        must not open another.
+        take turns at the database's single write lock (see `writers`), an `urgent`
+        one (the consumer's commit) before those already waiting. Left to SQLite, a
+        writer that finds the lock taken polls for it, sleeping up to 100 ms between
+        tries: measured, those sleeps were most of a backlog's drain time. Not
+        reentrant: a transaction must not open another.
         """
-        async with self._writer or nullcontext(), self.engine.begin() as conn:
+        turn = self._writer.turn(urgent=urgent) if self._writer else nullcontext()
+        async with turn, self.engine.begin() as conn:
             yield conn
 
     # --- lifecycle ---------------------------------------------------------
@@ -257,7 +258,7 @@ class Store:
         if not batch:
             return
         now = utcnow()
-        async with self.begin() as conn:
+        async with self.begin(urgent=True) as conn:  # its messages wait unacknowledged
             stamp = _driver_stamp(conn, now)
             await _insert_many(
                 conn,
