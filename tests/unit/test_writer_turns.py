@@ -46,33 +46,28 @@ async def test_a_free_lock_is_taken_at_once_whatever_the_kind():
     assert not turns.held
 
 
-async def test_a_waiter_cancelled_in_the_queue_is_skipped_and_the_next_one_gets_the_lock():
+@pytest.mark.parametrize(
+    "handed",
+    [False, True],
+    ids=["cancelled-while-queued", "cancelled-just-as-it-was-handed-the-lock"],
+)
+async def test_a_cancelled_waiter_never_keeps_the_lock_from_the_next_one(handed: bool):
     turns = WriterTurns()
     order: list[str] = []
     await turns.acquire()
     gone = asyncio.create_task(_queue(turns, order, "gone", urgent=True))
     kept = asyncio.create_task(_queue(turns, order, "kept", urgent=False))
     await _settle()
-    gone.cancel()
-    await _settle()
-    turns.release()
+    if handed:
+        turns.release()  # hands the lock to `gone`, which has not run yet
+        gone.cancel()  # ... and is cancelled before it does: it passes the lock on
+    else:
+        gone.cancel()  # cancelled in the queue: release() skips it
+        await _settle()
+        turns.release()
     async with asyncio.timeout(1):
         await kept
     assert order == ["kept"] and gone.cancelled() and not turns.held
-
-
-async def test_a_waiter_cancelled_just_as_it_was_handed_the_lock_passes_it_on():
-    turns = WriterTurns()
-    order: list[str] = []
-    await turns.acquire()
-    first = asyncio.create_task(_queue(turns, order, "first", urgent=False))
-    second = asyncio.create_task(_queue(turns, order, "second", urgent=False))
-    await _settle()
-    turns.release()  # hands the lock to `first`, which has not run yet
-    first.cancel()  # ... and is cancelled before it does
-    async with asyncio.timeout(1):
-        await second
-    assert order == ["second"] and first.cancelled() and not turns.held
 
 
 async def test_a_writer_that_fails_gives_its_turn_to_the_next():
