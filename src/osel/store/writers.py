@@ -45,7 +45,7 @@ class WriterTurns:
             self.release()
 
     async def acquire(self, *, urgent: bool = False) -> None:
-        if not self._held and not self._urgent and not self._others:
+        if not self._held:  # release() frees it only with both queues empty
             self._held = True
             return
         queue = self._urgent if urgent else self._others
