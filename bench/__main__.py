@@ -149,18 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-OSEL_VARIANTS = {  # name: (store, scan.window_seconds)
-    "osel_sqlite": ("sqlite", 0.0),
-    "osel_postgresql": ("postgresql", 0.0),
-    "osel_sqlite_window60": ("sqlite", 60.0),
+OSEL_VARIANTS = {  # name: (store, scan.window_seconds, instances)
+    "osel_sqlite": ("sqlite", 0.0, 1),
+    "osel_postgresql": ("postgresql", 0.0, 1),
+    "osel_sqlite_window60": ("sqlite", 60.0, 1),
+    "osel_postgresql_x2": ("postgresql", 0.0, 2),
 }
 
 
 def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) -> dict[str, Any]:
     """The consumers on the same pre-published load, interleaved, `repeat` times."""
-    names = ["ceiling", "osel_sqlite", "oslo", "osel_postgresql", "osel_sqlite_window60"]
+    names = [
+        "ceiling",
+        "osel_sqlite",
+        "oslo",
+        "osel_postgresql",
+        "osel_sqlite_window60",
+        "osel_postgresql_x2",
+    ]
     if "postgresql" in skip:
-        names.remove("osel_postgresql")
+        names = [name for name in names if "postgresql" not in name]
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for i in range(args.repeat):
         for name in names:
@@ -170,7 +178,7 @@ def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) ->
             elif name == "oslo":
                 result = runs.oslo_rate(cloud, args.messages)
             else:
-                store, window = OSEL_VARIANTS[name]
+                store, window, instances = OSEL_VARIANTS[name]
                 profile = args.profile if (i == 0 and name == "osel_sqlite") else None
                 result = runs.osel_rate(
                     cloud,
@@ -179,6 +187,7 @@ def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) ->
                     store,
                     profile=profile,
                     window=window,
+                    instances=instances,
                 )
             log.info("  %s", _short(result))
             found[name].append(result)

@@ -21,6 +21,7 @@ LABELS = {
     "osel_postgresql": "osel (PostgreSQL store, dry-run scanner)",
     "oslo": "oslo.messaging notification listener",
     "osel_sqlite_window60": "osel (SQLite store, scan window 60 s)",
+    "osel_postgresql_x2": "osel, two instances (one PostgreSQL store, one queue)",
 }
 
 
@@ -205,7 +206,12 @@ def markdown(results: dict[str, Any]) -> str:
         "named, `scan.backend: dry-run`, `scan.window_seconds: 0` (so the scheduler forms and "
         "launches batches during the drain), a JSONL audit sink, `/metrics` on. The targets "
         "use the SQLite run; the run with the default window of 60 s (no scan batch is "
-        "formed during the drain) shows what the scheduler's work at window 0 costs.",
+        "formed during the drain) shows what the scheduler's work at window 0 costs. "
+        "The two-instance run starts two such processes on the same queue and the same "
+        "PostgreSQL store (how osel scales out, [deploying](deploying.md)); its peak RSS "
+        "is the first instance's. On this machine both share its two cores with the "
+        "broker and PostgreSQL, so it shows the overhead of sharing more than the gain "
+        "of a second machine.",
         "- **ceiling**: `bench/ceiling.py`, a blocking pika consumer, prefetch 1000, that "
         "decodes the envelope and the inner JSON and sends one `basic.ack(multiple)` per 200 "
         "messages: what one Python process can take from this broker.",
@@ -449,12 +455,15 @@ def _summary(results: dict[str, Any]) -> list[str]:
     osel, ceiling, oslo = (_rate(results, n) for n in ("osel_sqlite", "ceiling", "oslo"))
     if not (osel and ceiling and oslo):
         return []
+    one, two = _rate(results, "osel_postgresql"), _rate(results, "osel_postgresql_x2")
+    scaled = f" ({two / one:.2f}x one)" if one and two else ""
     return [
         f"osel took {osel:,.0f} messages/s on SQLite "
-        f"({_f(_rate(results, 'osel_postgresql'))} on PostgreSQL, "
+        f"({_f(one)} on PostgreSQL, "
         f"{_f(_rate(results, 'osel_sqlite_window60'))} on SQLite with the default 60 s "
-        f"scan window), the bare pika consumer {ceiling:,.0f}/s and the oslo.messaging "
-        f"listener {oslo:,.0f}/s. See [What limits osel](#what-limits-osel).",
+        f"scan window, {_f(two)} with two instances on PostgreSQL{scaled}), the bare pika "
+        f"consumer {ceiling:,.0f}/s and the oslo.messaging listener {oslo:,.0f}/s. See "
+        "[What limits osel](#what-limits-osel).",
     ]
 
 

@@ -62,13 +62,17 @@ def osel_rate(
     profile: Path | None = None,
     window: float = 0,
     half: str | None = None,
+    instances: int = 1,
 ) -> dict[str, Any]:
     """osel draining `count` pre-published messages of the mix (or of one half of it,
-    `ignored` or `relevant`), warm inventory.
-    With `profile`, py-spy samples osel meanwhile and writes collapsed stacks there."""
+    `ignored` or `relevant`), warm inventory; `instances` of it on one queue and one
+    store (PostgreSQL only: several instances share a PostgreSQL store).
+    With `profile`, py-spy samples the first instance and writes collapsed stacks there."""
+    if instances > 1 and store != "postgresql":
+        raise ValueError(f"{instances} instances need the postgresql store, not {store}")
     if store == "postgresql":
         with postgres_database() as url:
-            return _osel_rate(cloud, count, workdir, url, seed, profile, window, half)
+            return _osel_rate(cloud, count, workdir, url, seed, profile, window, half, instances)
     return _osel_rate(cloud, count, workdir, None, seed, profile, window, half)
 
 
@@ -81,16 +85,22 @@ def _osel_rate(
     profile: Path | None,
     window: float,
     half: str | None = None,
+    instances: int = 1,
 ) -> dict[str, Any]:
     exchange, topic, queue = broker.unique("ex"), broker.unique("topic"), broker.unique("queue")
-    osel = OselProcess(
-        workdir,
-        store_url=store_url,
-        exchanges=[exchange],
-        topics=[topic],
-        queue=queue,
-        window_seconds=window,
-    )
+    fleet = [
+        OselProcess(
+            workdir / f"instance-{i}" if instances > 1 else workdir,
+            store_url=store_url,
+            exchanges=[exchange],
+            topics=[topic],
+            queue=queue,
+            window_seconds=window,
+            extra={"service": {"instance_name": f"osel-bench-{i}"}} if instances > 1 else None,
+        )
+        for i in range(instances)
+    ]
+    osel = fleet[0]
     broker.declare(exchange, queue, f"{topic}.info")
     try:
         resources = warm_store(osel.store_url, cloud)
@@ -98,27 +108,35 @@ def _osel_rate(
         broker.wait_depth(queue, count)
         watch = broker.DepthWatch(queue).start()
         started = time.monotonic()
-        osel.start()
+        for member in fleet:
+            member.start()
         rss = RssWatch(osel.pid, interval=0.5).start()
         spy = _py_spy(osel.pid, profile) if profile is not None else None
         if not watch.wait_empty(timeout=max(600, count / 100)):
             raise RuntimeError(f"osel did not drain its queue:\n{osel.tail()}")
-        done_at = osel.wait_processed(count)
+        done_at = _wait_processed(fleet, count)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         watch.stop()
         rss_samples = rss.stop()
-        outcomes = osel.outcomes()
-        metrics = osel.metrics()
+        outcomes: dict[str, int] = {}
+        metrics: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for member in fleet:
+            for outcome, n in member.outcomes().items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
+            for name, values in member.metrics().items():
+                metrics.setdefault(name, []).extend(values)
     finally:
-        osel.stop()
+        for member in fleet:
+            member.stop()
         broker.delete([queue], [exchange])
     result = _drain_result(watch.samples, count)
     span = analysis.drain_span(watch.samples, count)
     result.update(
         {
             "store": osel.store_url.split(":", 1)[0],
+            "instances": instances,
             "window_seconds": window,
             "half": half or "mix",
             "inventory_resources": resources,
@@ -133,6 +151,18 @@ def _osel_rate(
         }
     )
     return result
+
+
+def _wait_processed(fleet: list[OselProcess], total: int, timeout: float = 600) -> float:
+    """Wait until the instances together have committed `total` messages; when they had."""
+    if len(fleet) == 1:
+        return fleet[0].wait_processed(total, timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(sum(member.outcomes().values()) for member in fleet) >= total:
+            return time.monotonic()
+        time.sleep(0.1)
+    raise RuntimeError(f"the {len(fleet)} instances did not commit {total} messages in {timeout}s")
 
 
 def _metric(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:

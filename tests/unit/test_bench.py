@@ -6,7 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from bench import analysis, report
+import pytest
+
+from bench import analysis, report, runs
 from bench.mix import CYCLE, Cloud, Mix, load_samples
 from osel.decide import Rules
 from osel.decode import decode
@@ -104,3 +106,26 @@ def test_the_halves_are_what_their_names_say() -> None:
     wanted = EventFilter(HANDLERS)
     assert all(wanted.ignorable(mix.ignored_message(i).body) for i in range(300))
     assert not any(wanted.ignorable(m.body) for m in mix.relevant_stream(100))
+
+
+def test_two_instances_are_reported_beside_one() -> None:
+    rates = {
+        "ceiling": {"sustained_rate": 20000.0},
+        "osel_sqlite": {"sustained_rate": 8000.0},
+        "oslo": {"sustained_rate": 2000.0},
+        "osel_postgresql": {"sustained_rate": 5000.0},
+        "osel_postgresql_x2": {"sustained_rate": 6000.0, "outcomes": {"ignored": 90}},
+    }
+    page = report.markdown({"rates": rates})
+    assert "6,000 with two instances on PostgreSQL (1.20x one)" in page
+    assert "| osel, two instances (one PostgreSQL store, one queue) | 6,000 |" in page
+    del rates["osel_postgresql_x2"]
+    page = report.markdown({"rates": rates})
+    assert "— with two instances on PostgreSQL), " in page
+    table = page.split("## Throughput")[1].split("- **osel**")[0]
+    assert "two instances (one PostgreSQL store" not in table
+
+
+def test_several_instances_need_postgresql(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 instances need the postgresql store, not sqlite"):
+        runs.osel_rate(Cloud(2, 4), 10, tmp_path, "sqlite", instances=2)
