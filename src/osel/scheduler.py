@@ -312,9 +312,9 @@ class Scheduler:
         self.outage = OutageLog(f"scan backend {backend.name}", log, cap=self.backoff.cap)
         self._wait_notes: set[str] = set()
         self._results_due: dict[str, ScanStatus] = {}  # finished, results not fetched yet
-        # a launched scan the backend stopped listing (deleted in Qualys): since when
+        # how long a launched scan may be missing from the backend's list (deleted in
+        # Qualys) before its batch ends in error; since when is in scan_batches
         self.missing_after = timedelta(hours=missing_scan_hours)
-        self._missing: dict[str, datetime] = {}
 
     # --- the loops' entry points ----------------------------------------------
 
@@ -359,7 +359,6 @@ class Scheduler:
             return 0
         active = {r.reference for r in rows}
         self._results_due = {k: v for k, v in self._results_due.items() if k in active}
-        self._missing = {k: v for k, v in self._missing.items() if k in active}
         due = [r for r in rows if r.reference in self._results_due]
         changed = 0
         if not due:  # when results are due, fetch them before spending a call on a poll
@@ -376,7 +375,7 @@ class Scheduler:
                 if status is None:
                     changed += await self._not_listed(row)
                     continue
-                self._missing.pop(row.reference, None)
+                await self._listed_again(row)
                 if status.state == FINISHED:
                     self._results_due[row.reference] = status
                     due.append(row)
@@ -399,11 +398,21 @@ class Scheduler:
     async def _not_listed(self, row: Any) -> int:
         """A launched scan the backend does not list (deleted, or purged by its
         retention): warned about once, then, after ``missing_after`` of polls that
-        do not find it, its batch ends in error and is no longer polled."""
+        do not find it, its batch ends in error and is no longer polled. Since when it
+        is missing is kept in the store, so that neither a restart nor another instance
+        following the scan starts the clock again."""
         now = utcnow()
-        since = self._missing.setdefault(row.reference, now)
-        if now - since < self.missing_after:
-            if since == now:
+        since = _aware(row.missing_since)
+        if since is None:
+            since = now
+            sb = t.scan_batches
+            async with self.store.begin() as conn:
+                started = await conn.execute(
+                    update(sb)
+                    .where((sb.c.id == row.id) & sb.c.missing_since.is_(None))
+                    .values(missing_since=now, updated_at=now)
+                )
+            if started.rowcount == 1:
                 log.warning(
                     "scan %s (batch %s) is not listed by %s; it ends in error if it is "
                     "still missing after %s (qualys.missing_scan_hours)",
@@ -412,14 +421,28 @@ class Scheduler:
                     self.backend.name,
                     self.missing_after,
                 )
+        if now - since < self.missing_after:
             return 0
-        del self._missing[row.reference]
         error = (
             f"{self.backend.name} no longer lists the scan (deleted there?); polled "
             f"without finding it since {since.isoformat(timespec='seconds')}, osel stopped "
             "following it"
         )
         return await self._moved(row, ScanStatus(row.reference, ERROR, "Not listed", error))
+
+    async def _listed_again(self, row: Any) -> None:
+        """A scan missing from the backend's list is there again: stop the clock."""
+        if row.missing_since is None:
+            return
+        sb = t.scan_batches
+        async with self.store.begin() as conn:
+            await conn.execute(
+                update(sb)
+                .where((sb.c.id == row.id) & sb.c.missing_since.is_not(None))
+                .values(missing_since=None)
+            )
+        log.info("scan %s (batch %s) is listed by %s again", row.reference, row.id,
+                 self.backend.name)  # fmt: skip
 
     # --- forming batches ------------------------------------------------------
 

@@ -9,11 +9,11 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from osel.backoff import BackoffPolicy
 from osel.decide import Decision, Target
@@ -40,7 +40,7 @@ from osel.scheduler import (
     plan,
 )
 from osel.store import tables as t
-from osel.store.store import Batch, Store
+from osel.store.store import Batch, Store, utcnow
 from tests.pg import postgres_database
 
 FAST = BackoffPolicy(initial=0.01, cap=0.05)
@@ -577,10 +577,11 @@ async def test_a_scan_the_backend_stops_listing_ends_in_error_after_the_grace(st
     await patient.tick()
     del backend.remote.status["scan/1.1"]
     assert await patient.follow() == 0
-    assert (await batch_rows(store))[0].state == LAUNCHED
+    (row,) = await batch_rows(store)
+    assert row.state == LAUNCHED and row.missing_since is not None
     backend.remote.set("scan/1.1", RUNNING, "Running")  # back in the list
     assert await patient.follow() == 1
-    assert patient._missing == {}
+    assert (await batch_rows(store))[0].missing_since is None  # the clock stopped
 
     del backend.remote.status["scan/1.1"]
     hasty = scheduler(store, backend, missing_scan_hours=1e-9)
@@ -596,3 +597,29 @@ async def test_a_scan_the_backend_stops_listing_ends_in_error_after_the_grace(st
     polls = len(backend.calls)
     assert await hasty.follow() == 0
     assert backend.calls[polls:] == []  # nothing active is left to ask about
+
+
+async def test_the_missing_scan_clock_survives_a_restart(store: Store, caplog: Any):
+    """Since when a scan is missing from the backend's list is in the store: an osel
+    restarted (or another instance) goes on from there, it does not start again, and
+    the warning is given once."""
+    await changes(store, ("203.0.113.1", 0))
+    backend = FakeBackend()
+    await scheduler(store, backend).tick()
+    del backend.remote.status["scan/1.1"]
+    caplog.set_level(logging.WARNING, logger="osel.scheduler")
+    before = scheduler(store, backend, missing_scan_hours=1.0)
+    assert await before.follow() == 0  # the clock starts
+    assert await before.follow() == 0  # an hour has not passed
+    (row,) = await batch_rows(store)
+    started = row.missing_since
+    assert started is not None
+    assert sum("is not listed by" in r.getMessage() for r in caplog.records) == 1
+    sb = t.scan_batches
+    async with store.begin() as conn:  # the scan went missing two hours ago
+        await conn.execute(update(sb).values(missing_since=utcnow() - timedelta(hours=2)))
+    after = scheduler(store, backend, missing_scan_hours=1.0)  # a new process
+    assert await after.follow() == 1
+    (row,) = await batch_rows(store)
+    assert (row.state, row.qualys_state) == (ERROR, "Not listed")
+    assert sum("is not listed by" in r.getMessage() for r in caplog.records) == 1

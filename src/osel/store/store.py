@@ -45,7 +45,7 @@ MIGRATIONS = str(Path(__file__).parent / "migrations")
 # The newest migration's revision (tests check it against Alembic's head). A store already
 # at it is not migrated, and Alembic, which holds about 12 MiB once imported, stays out of
 # the daemon's memory.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 # Prepared statements each SQLite connection keeps (Python's default is 128). Every
 # length of an expanding IN list is a statement of its own, so over a long run the
 # cache fills with large, rarely reused ones: measured over 500,000 messages of the

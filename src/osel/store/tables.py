@@ -109,6 +109,8 @@ scan_batches = Table(
     Column("qualys_id", String(32), nullable=True),
     Column("qualys_state", String(64), nullable=True),
     Column("address_errors", Text, nullable=True),  # JSON {address: why it is not scanned}
+    # since when the backend no longer lists the launched scan (qualys.missing_scan_hours)
+    Column("missing_since", Stamp, nullable=True),
 )
 
 # The Qualys API budget, shared by every instance on the store: the newest rate-limit and
