@@ -368,17 +368,19 @@ LIMITS = [
     "1,000 instead of 200; the first run of this benchmark measured about 1,900 "
     "messages/s.",
     "",
-    "Larger batches, measured on November 29 and not the default: batches of 3,000 "
-    "with a prefetch of 6,000 drained 100,000 messages of the mix at 5,571, 5,378 and "
-    "5,135 messages/s against 4,579, 4,210 and 4,145 with the defaults (1,000 and "
-    "2,000), three interleaved pairs: 1.24x, about 0.48x the ceiling of that day's "
-    "benchmark. Each commit costs something of its own (the transaction, the "
+    "Larger batches, measured on November 29 and not the default: batches of 3,000 with a"
+    " prefetch of 6,000 drained 100,000 messages of the mix at 5,571, 5,378 and 5,135 "
+    "messages/s against 4,579, 4,210 and 4,145 with the defaults (1,000 and 2,000), three"
+    " interleaved pairs: 1.24x, about 0.48x the ceiling of that day's benchmark; a second"
+    " set of three pairs an hour later gave 5,942, 4,944 and 4,948 against 4,283, 4,168 "
+    "and 4,651 (pairwise median 1.19x). Batches of 2,000 with a prefetch of 4,000: 1.02x,"
+    " within the noise. Each commit costs something of its own (the transaction, the "
     "scheduler's tick at window 0, the sinks reading what it wrote), and a batch of the "
-    "mix holds about a hundred relevant changes. But the peak RSS over 1,000,000 "
-    "messages went from 149 to 176 MiB (last/first tenth 1.15), past the memory "
-    "target, so the defaults stay and [deploying](deploying.md#draining-a-backlog-batch-"
-    "size-against-memory) gives the trade-off. (An earlier trial of batches of 3,000, "
-    "on older code, had found no gain.)",
+    "mix holds about a hundred relevant changes. But the peak RSS over 1,000,000 messages"
+    " went from 149 to 176 MiB (last/first tenth 1.15), past the memory target, so the "
+    "defaults stay and "
+    "[deploying](deploying.md#draining-a-backlog-batch-size-against-memory) gives the "
+    "trade-off. (An earlier trial of batches of 3,000, on older code, had found no gain.)",
     "",
     "What did not: handling the next batch while the previous one commits, tried three "
     "times (with aio-pika, 5,400-5,900 messages/s either way; with pika, 6,054 and "
