@@ -295,7 +295,10 @@ class Daemon:
     async def _catch_up(self) -> None:
         """Under the inventory lock: take in what other instances committed, and queue up
         behind changes one of them deferred while Neutron was away."""
+        generation = self.inventory.generation
         await self.store.refresh_inventory(self.inventory)
+        if self.inventory.generation != generation:  # reloaded as a whole: a new long-lived set
+            memory.freeze_long_lived()
         if self.store.dialect != "sqlite" and not self.pipeline.deferring:
             self.pipeline.deferring = await self.store.deferred_count() > 0
 

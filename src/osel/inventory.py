@@ -50,10 +50,12 @@ class Address:
 
 class Inventory:
     def __init__(self) -> None:
+        self.generation = 0  # how many times it was cleared: a reload since, if it moved
         self.clear()
 
     def clear(self) -> None:
         """Forget everything (before reloading from the store)."""
+        self.generation += 1
         self.groups: dict[str, SecurityGroup] = {}
         self.rules: dict[str, Rule] = {}
         self.ports: dict[str, Port] = {}

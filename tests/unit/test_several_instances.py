@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, update
 
+from osel import memory
 from osel.config import Settings
 from osel.daemon import Daemon, might_change_inventory
 from osel.inventory import Inventory
@@ -120,6 +121,34 @@ async def test_a_whole_inventory_replacement_or_a_trimmed_log_reloads_everything
     assert b.inventory_rev == a.inventory_rev
     await a.close()
     await b.close()
+
+
+async def test_an_instance_that_reloads_the_whole_inventory_freezes_it_again(
+    url, tmp_path, monkeypatch
+):
+    neutron = world()
+    a = daemon(url, tmp_path, "osel-a", neutron)
+    b = daemon(url, tmp_path, "osel-b", neutron)
+    await a.prepare()
+    await b.prepare()
+    frozen: list[set[str]] = []  # the groups b held at each freeze
+
+    def freeze() -> int:
+        frozen.append(set(b.inventory.groups))
+        return 0
+
+    monkeypatch.setattr(memory, "freeze_long_lived", freeze)
+    p2 = m.port("p2", ["10.0.0.2"], ["sg1"])
+    await a.process([item("port.create.end", {"port": p2})])
+    await b.process([item("port.update.end", {"port": {**p2, "revision_number": 2}})])
+    assert frozen == []  # an ordinary catch-up: nothing new that lives long
+    a.inventory.clear()  # a re-sync replaces the inventory as a whole
+    a.inventory.put_group(SecurityGroup("sg2", "p1"))
+    await a.store.replace_inventory(a.inventory)
+    await b.process([item("port.update.end", {"port": {**p2, "revision_number": 3}})])
+    assert frozen == [{"sg2"}]  # frozen once, after the reload and before the next change
+    for d in (a, b):
+        await d.store.close()
 
 
 def test_only_batches_that_may_hold_a_handled_event_take_the_inventory_lock():
