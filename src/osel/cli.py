@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import yaml
@@ -16,6 +16,9 @@ import yaml
 from osel import __version__, logs
 from osel.config import ConfigError, Settings, load_settings
 from osel.redact import secret_values
+
+if TYPE_CHECKING:
+    from osel.daemon import Daemon
 
 T = TypeVar("T")
 
@@ -213,16 +216,38 @@ async def _replay(settings: Settings, file: str, offline: bool) -> dict[str, Any
     for sink in daemon.outbox.sinks:
         await daemon.outbox.drain_once(sink)
     waiting = await daemon.store.deferred_count()
+    unfinished = await _scans_left_to_run(daemon)
     await daemon.neutron.close()
     await daemon.store.close()
+    if unfinished:
+        click.echo(
+            f"osel replay: {unfinished} scan batch(es) not finished yet (queued, held, or "
+            f"waiting for {daemon.scheduler.backend.name}); `osel run` on this store launches "
+            "and follows them to their end (`osel scans list` shows them)",
+            err=True,
+        )
     return {
         "messages": sum(total.outcomes.values()),
         "outcomes": dict(total.outcomes),
         "changes": dict(total.changes),
         "records": total.records,
         "scan_batches": len(batches),
+        "scan_batches_unfinished": unfinished,
         "deferred_waiting": waiting,
     }
+
+
+async def _scans_left_to_run(daemon: Daemon) -> int:
+    """Scan batches in the store that `osel run` still has to launch or follow; a backend
+    that does not follow its scans (dry-run) leaves nothing to follow once launched."""
+    from osel.scheduler import ACTIVE, HELD, LAUNCHING, QUEUED
+    from osel.store.queries import counts
+
+    states = [QUEUED, HELD, LAUNCHING]
+    if daemon.scheduler.backend.follows:
+        states += ACTIVE
+    by_state = (await counts(daemon.store))["scans_by_state"]
+    return sum(by_state.get(state, 0) for state in states)
 
 
 @main.command("check-config")

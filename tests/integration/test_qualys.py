@@ -176,6 +176,37 @@ def test_changes_become_one_qualys_scan_followed_to_the_end(
         osel.close()
 
 
+def test_a_scan_a_replay_launched_is_followed_to_the_end_by_osel_run(tmp_path, qualys, store_url):
+    sim, url = qualys
+    osel = qualys_osel(tmp_path, url, store_url, window=0)
+    samples = Path(__file__).parents[1] / "data" / "neutron-29" / "notifications.jsonl"
+    try:
+        command = ["replay", str(samples), "--offline", "-c", str(osel.config)]
+        done = subprocess.run(
+            [sys.executable, "-m", "osel", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["scan_batches"] == 1 and summary["scan_batches_unfinished"] == 1
+        assert "1 scan batch(es) not finished yet" in done.stderr
+        assert "`osel run` on this store launches and follows them" in done.stderr
+        (launch,) = sim.launches()
+        assert expand(launch.params["ip"]) == ["203.0.113.113"]  # 10.0.0.0/8 is out of scope
+        osel.start()  # the daemon takes the launched scan over from the store
+        (finished,) = osel.wait_records(
+            lambda r: r["record_type"] == "scan" and r["scan_state"] == FINISHED, 1, timeout=60
+        )
+        assert finished["qualys_scan_id"] == launch_reference(sim, finished["scan_title"])
+        assert len(sim.launches()) == 1  # followed, not launched again
+        listing = osel_cli(osel, "scans", "list")
+        assert finished["qualys_scan_id"] in listing and "finished" in listing
+    finally:
+        osel.close()
+
+
 def launch_reference(sim: QualysSimulator, title: str) -> str:
     (scan,) = [s for s in sim.scans.values() if s.title == title]
     return scan.ref
