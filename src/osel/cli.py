@@ -14,7 +14,8 @@ import click
 import yaml
 
 from osel import __version__, logs
-from osel.config import ConfigError, Settings, load_settings
+from osel.config import ConfigError, Settings
+from osel.config_load import load_settings
 from osel.redact import secret_values
 
 if TYPE_CHECKING:

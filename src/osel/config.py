@@ -1,10 +1,9 @@
-"""osel configuration: the YAML model, loading, environment overrides and validation.
+"""osel configuration: the model of osel.yaml, its validation and its secrets.
 
-``load_settings()`` reads one YAML file (``-c``, then ``$OSEL_CONFIG``, then
-``./osel.yaml``, then ``/etc/osel/osel.yaml``; none found: defaults), applies
-``OSEL_<SECTION>__<KEY>`` environment overrides and validates everything at
-once. Every problem is reported with its dotted key, its source (file:line or
-environment variable) and what to do; ``ConfigError`` carries them all.
+Each section is a pydantic model; a mistake is a `Problem` naming its dotted key,
+the value and what to do, and `ConfigError` carries them all. Reading the file
+and the environment is `osel.config_load`; the reference tables are rendered
+from these models by `osel.config_doc`.
 
 Secrets are ``SecretStr`` (``SecretUrl`` for URLs that carry a password). Each
 secret key ``X`` may be given as ``X_file`` instead. No secret value appears in
@@ -13,21 +12,16 @@ an error, a repr or ``Settings.redacted()``.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import os
 import re
 import socket
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -37,20 +31,15 @@ from pydantic import (
     PlainValidator,
     SecretStr,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from osel.exposure import address_int
 
 MASK = "********"
-ENV_PREFIX = "OSEL_"
-CONFIG_ENV = "OSEL_CONFIG"
-DEFAULT_PATHS: tuple[str, ...] = ("osel.yaml", "/etc/osel/osel.yaml")
 PRIORITIES = ("audit", "debug", "info", "warn", "warning", "error", "critical", "sample")
 _AMQP_SCHEMES = ("rabbit", "amqp", "amqps")
 _STORE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+psycopg")
@@ -92,7 +81,7 @@ class ConfigError(Exception):
         return "\n".join(str(p) for p in self.problems)
 
 
-def _fatal(message: str, source: str) -> ConfigError:
+def fatal_problem(message: str, source: str) -> ConfigError:
     """A problem that stops loading (the file cannot be read or parsed)."""
     return ConfigError([Problem("", "", message, source)])
 
@@ -182,7 +171,7 @@ def _http_url(value: str) -> str:
 
 
 @dataclass(frozen=True)
-class _FileProblem:
+class FileProblem:
     """Put in place of a bad ``X_file`` value by the before-validator; reported per field."""
 
     path: str
@@ -200,19 +189,19 @@ def _resolve_secret_file(data: dict[str, Any], key: str) -> None:
     if not isinstance(path, str):
         return
     if data.get(key) is not None:
-        data[f"{key}_file"] = _FileProblem(path, f"give either {key} or {key}_file, not both")
+        data[f"{key}_file"] = FileProblem(path, f"give either {key} or {key}_file, not both")
         return
     try:
         secret = _read_secret_file(path)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        data[f"{key}_file"] = _FileProblem(
+        data[f"{key}_file"] = FileProblem(
             path,
             f"cannot read secret file {path!r}: {reason}; check the path and that osel may read it",
         )
         return
     if not secret:
-        data[f"{key}_file"] = _FileProblem(
+        data[f"{key}_file"] = FileProblem(
             path, f"secret file {path!r} is empty; put the {key} in it"
         )
         return
@@ -246,7 +235,7 @@ OptPath = Name | None
 
 
 def _report_file_problem(value: Any) -> Any:
-    if isinstance(value, _FileProblem):
+    if isinstance(value, FileProblem):
         raise ValueError(value.message)
     return value
 
@@ -803,546 +792,41 @@ class Settings(_Model):
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret masked."""
-        result = _plain(self.model_dump(mode="python"))
+        result = plain(self.model_dump(mode="python"))
         assert isinstance(result, dict)
         return result
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if isinstance(value, SecretUrl):
         return mask_url(value.get_secret_value())
     if isinstance(value, SecretStr):
         return MASK
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, str):
-        return _mask_if_url(value)
+        return mask_if_url(value)
     if value is None or isinstance(value, bool | int | float):
         return value
     return str(value)
 
 
-def _mask_if_url(text: str) -> str:
+def mask_if_url(text: str) -> str:
     return mask_url(text) if _URL_RE.match(text) else text
 
 
 # --------------------------------------------------------------------------- model introspection
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds (one, or the variants of a tagged union)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
 
 
-def _tag(model: type[BaseModel]) -> str:
+def variant_tag(model: type[BaseModel]) -> str:
+    """The value of a union variant's `type` key (the sinks: file, syslog, splunk_hec)."""
     return str(model.model_fields["type"].default)
-
-
-def _model_at(loc: Loc) -> type[BaseModel] | None:
-    """The model holding the keys at ``loc`` (pydantic loc, union tags included)."""
-    model: type[BaseModel] = Settings
-    options: dict[str, type[BaseModel]] = {}
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if options:
-            found = options.get(part)
-            if found is None:
-                return None
-            model, options = found, {}
-            continue
-        info = model.model_fields.get(part)
-        subs = _models_in(info.annotation) if info is not None else []
-        if not subs:
-            return None
-        if len(subs) == 1:
-            model = subs[0]
-        else:
-            options = {_tag(s): s for s in subs}
-    return None if options else model
-
-
-def _all_fields() -> list[tuple[str, FieldInfo]]:
-    out: list[tuple[str, FieldInfo]] = []
-    todo: list[type[BaseModel]] = [Settings]
-    while todo:
-        model = todo.pop()
-        for name, info in model.model_fields.items():
-            out.append((name, info))
-            todo.extend(_models_in(info.annotation))
-    return out
-
-
-def _is_secret_type(annotation: Any) -> bool:
-    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
-        return True
-    return any(_is_secret_type(a) for a in typing.get_args(annotation))
-
-
-def _is_stringish(annotation: Any) -> bool:
-    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, SecretStr)):
-        return True
-    if typing.get_origin(annotation) is Literal:
-        return all(isinstance(a, str) for a in typing.get_args(annotation))
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, Annotated):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return (
-            _is_stringish(args[0])
-            if typing.get_origin(annotation) is Annotated
-            else all(_is_stringish(a) for a in args)
-        )
-    return False
-
-
-_FIELDS = _all_fields()
-_SECRET_NAMES = frozenset(n for n, f in _FIELDS if _is_secret_type(f.annotation))
-_STRING_NAMES = frozenset(n for n, _ in _FIELDS) - {
-    n for n, f in _FIELDS if not _is_stringish(f.annotation)
-}
-
-
-# --------------------------------------------------------------------------- rendering problems
-
-
-_MISSING = object()
-
-
-def _secret_loc(loc: Loc) -> bool:
-    name = loc[-1] if loc else ""
-    if not isinstance(name, str):
-        return False
-    model = _model_at(loc[:-1])
-    info = model.model_fields.get(name) if model is not None else None
-    if info is not None:
-        return _is_secret_type(info.annotation)
-    lowered = name.lower()
-    return any(w in lowered for w in ("pass", "secret", "token", "cred", "url", "key")) or bool(
-        difflib.get_close_matches(lowered, list(_SECRET_NAMES), n=1, cutoff=0.6)
-    )
-
-
-def _redact_raw(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: MASK if _secret_loc((str(k),)) else _redact_raw(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_raw(v) for v in value]
-    if isinstance(value, str):
-        return _mask_if_url(value)
-    return value
-
-
-def _show(loc: Loc, value: Any) -> str:
-    if isinstance(value, _FileProblem):
-        value = value.path
-    if value is _MISSING:
-        return ""
-    if _secret_loc(loc):
-        return repr(MASK)
-    text = "null" if value is None else repr(_redact_raw(value))
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _key(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-def _clean(loc: Loc) -> Loc:
-    """Drop discriminator tags pydantic puts after a list index."""
-    tags = {_tag(m) for m in _models_in(Sink)}
-    return tuple(
-        p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and p in tags)
-    )
-
-
-def _did_you_mean(loc: Loc) -> str:
-    model = _model_at(loc[:-1])
-    valid = list(model.model_fields) if model is not None else list(Settings.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-    if close:
-        return f"unknown key; did you mean {close[0]!r}?"
-    return "unknown key; valid keys: " + ", ".join(valid)
-
-
-def _message(err: Any, loc: Loc) -> str:
-    kind, msg = err["type"], str(err["msg"])
-    tags = ", ".join(_tag(m) for m in _models_in(Sink))
-    fixed = {
-        "extra_forbidden": _did_you_mean(loc) if loc else "unknown key",
-        "missing": "required key is missing",
-        "model_type": "expected a mapping (key: value)",
-        "model_attributes_type": "expected a mapping (key: value)",
-        "dict_type": "expected a mapping (key: value)",
-        "list_type": "expected a list, e.g. [a, b]",
-        "union_tag_invalid": f"unknown sink type; expected one of {tags}",
-        "union_tag_not_found": f"missing 'type'; expected one of {tags}",
-    }
-    if kind in fixed:
-        return fixed[kind]
-    return msg.removeprefix("Value error, ").replace("Input should be ", "must be ", 1)
-
-
-@dataclass(frozen=True)
-class _Issue:
-    loc: Loc
-    value: str
-    message: str
-
-
-def _walk(data: Any, parts: Loc) -> Any:
-    for part in parts:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return _MISSING
-    return data
-
-
-def _issues(exc: ValidationError, prefix: Loc) -> list[_Issue]:
-    out: list[_Issue] = []
-    for err in exc.errors(include_url=False):
-        loc = prefix + tuple(err["loc"])
-        if err["type"] == "osel_config":
-            for parts, message in err["ctx"]["problems"]:
-                full = loc + tuple(parts)
-                out.append(_Issue(_clean(full), _show(full, _walk(err["input"], parts)), message))
-            continue
-        value = _MISSING if err["type"] == "missing" else err["input"]
-        out.append(_Issue(_clean(loc), _show(loc, value), _message(err, loc)))
-    return out
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class _Sources:
-    file: str | None
-    lines: dict[Loc, int] = field(default_factory=dict)
-    env: dict[Loc, str] = field(default_factory=dict)
-
-    def of(self, loc: Loc) -> str:
-        for n in range(len(loc), 0, -1):
-            prefix = loc[:n]
-            if prefix in self.env:
-                return self.env[prefix]
-            if prefix in self.lines:
-                return f"{self.file}:{self.lines[prefix]}"
-            below = [name for path, name in self.env.items() if path[:n] == prefix]
-            if below:
-                return below[0]
-        return self.file or "defaults"
-
-    def problem(self, issue: _Issue) -> Problem:
-        return Problem(_key(issue.loc), issue.value, issue.message, self.of(issue.loc))
-
-
-def find_config_file(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> str | None:
-    """The file load_settings would read: path, $OSEL_CONFIG, ./osel.yaml,
-    /etc/osel/osel.yaml; None when none of the defaults exists. An explicitly named
-    file (path or $OSEL_CONFIG) is returned even when it does not exist."""
-    env = os.environ if env is None else env
-    if path is not None:
-        return os.fspath(path)
-    if env.get(CONFIG_ENV):
-        return env[CONFIG_ENV]
-    return next((p for p in DEFAULT_PATHS if Path(p).is_file()), None)
-
-
-def _line_map(node: yaml.Node, path: Loc, lines: dict[Loc, int], issues: list[_Issue]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.value == "<<":
-                continue
-            sub = (*path, key.value)
-            if key.value in seen:
-                issues.append(_Issue(sub, "", "duplicate key; the later value would silently win"))
-            seen.add(key.value)
-            lines[sub] = key.start_mark.line + 1
-            _line_map(value, sub, lines, issues)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*path, index)] = item.start_mark.line + 1
-            _line_map(item, (*path, index), lines, issues)
-
-
-def _read_yaml(path: str, sources: _Sources) -> tuple[dict[str, Any], list[_Issue]]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise _fatal(
-            f"cannot read configuration file: {reason}; "
-            "pass an existing, readable file with -c or $OSEL_CONFIG",
-            path,
-        ) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(path, exc)]) from None
-    finally:
-        loader.dispose()
-    if data is None or node is None:
-        return {}, []
-    if not isinstance(data, dict):
-        raise _fatal(
-            "the top level must be a mapping of sections (amqp:, openstack:, scope:, ...)",
-            f"{path}:1",
-        )
-    issues: list[_Issue] = []
-    _line_map(node, (), sources.lines, issues)
-    return data, issues
-
-
-def _yaml_problem(path: str, exc: yaml.YAMLError) -> Problem:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
-    what = " ".join(
-        str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
-    )
-    return Problem("", "", f"YAML syntax error: {what or 'cannot parse'}", where)
-
-
-def _env_value(key: str, text: str) -> Any:
-    """Secrets and string keys verbatim (null/~/empty -> None); others as YAML flow values."""
-    if key in _SECRET_NAMES:
-        return text or None
-    if key in _STRING_NAMES:
-        return None if text.strip() in ("", "null", "~") else text
-    return yaml.safe_load(text) if text.strip() else None
-
-
-def _set_path(root: dict[str, Any], path: Loc, value: Any, env_set: dict[Loc, str]) -> None:
-    node: Any = root
-    for depth, part in enumerate(path):
-        last = depth == len(path) - 1
-        if isinstance(node, list):
-            if not isinstance(part, int) or part >= len(node):
-                raise LookupError(f"{_key(path[:depth])} has no entry {part}")
-            if last:
-                node[part] = value
-            elif not isinstance(node[part], dict | list):
-                node[part] = {}
-            node = node[part]
-            continue
-        key = str(part)
-        if last:
-            node[key] = value
-            _drop_file_sibling(node, path[:-1], key, env_set)
-        elif not isinstance(node.get(key), dict | list):
-            node[key] = {}
-        node = node[key]
-
-
-def _drop_file_sibling(
-    node: dict[str, Any], parent: Loc, key: str, env_set: dict[Loc, str]
-) -> None:
-    """An override of X replaces the file's X_file (and the other way round)."""
-    sibling = key.removesuffix("_file") if key.endswith("_file") else f"{key}_file"
-    if sibling in node and (*parent, sibling) not in env_set:
-        del node[sibling]
-
-
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str], sources: _Sources) -> list[Problem]:
-    problems: list[Problem] = []
-    for name in sorted(env):
-        if not name.upper().startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        parts = name[len(ENV_PREFIX) :].lower().split("__")
-        path: Loc = tuple(int(p) if p.isdigit() else p for p in parts)
-        if not all(parts):
-            problems.append(
-                Problem(
-                    _key(path),
-                    "",
-                    "malformed override; use OSEL_<SECTION>__<KEY>[__<KEY>...]",
-                    name,
-                )
-            )
-            continue
-        try:
-            value = _env_value(parts[-1], env[name])
-            _set_path(raw, path, value, sources.env)
-        except (yaml.YAMLError, LookupError) as exc:
-            reason = "not a YAML value" if isinstance(exc, yaml.YAMLError) else str(exc)
-            problems.append(
-                Problem(
-                    _key(path), _show(path, env[name]), f"cannot apply override: {reason}", name
-                )
-            )
-            continue
-        sources.env[path] = name
-        sources.lines = {k: v for k, v in sources.lines.items() if k[: len(path)] != path}
-    return problems
-
-
-def _validate_sections(raw: dict[str, Any]) -> tuple[dict[str, BaseModel], list[_Issue]]:
-    issues: list[_Issue] = []
-    sections: dict[str, BaseModel] = {}
-    for name, value in raw.items():
-        if name not in Settings.model_fields:
-            close = difflib.get_close_matches(str(name), list(Settings.model_fields), n=1)
-            hint = (
-                f"did you mean {close[0]!r}?"
-                if close
-                else "valid: " + ", ".join(Settings.model_fields)
-            )
-            issues.append(
-                _Issue((str(name),), _show((str(name),), value), f"unknown section; {hint}")
-            )
-    for name, info in Settings.model_fields.items():
-        model = _models_in(info.annotation)[0]
-        try:
-            sections[name] = model.model_validate({} if raw.get(name) is None else raw[name])
-        except ValidationError as exc:
-            issues.extend(_issues(exc, (name,)))
-    return sections, issues
-
-
-def _policy_problems(sections: dict[str, BaseModel], sources: _Sources) -> list[Problem]:
-    """Every problem of the policy file policy.file names, with the policy's own keys."""
-    section = sections.get("policy")
-    if not isinstance(section, PolicySettings) or section.file is None:
-        return []
-    from osel.policy import PolicyError, load_policy
-
-    try:
-        load_policy(section.file)
-    except PolicyError as exc:
-        if not Path(section.file).is_file():
-            return [
-                Problem(
-                    "policy.file",
-                    repr(section.file),
-                    "the policy file does not exist; give the path of a policy (docs/policy.md) "
-                    "or null for none",
-                    sources.of(("policy", "file")),
-                )
-            ]
-        return [
-            Problem(
-                f"policy.file: {p.key}" if p.key else "policy.file",
-                p.value,
-                p.message,
-                p.source,
-            )
-            for p in exc.problems
-        ]
-    return []
-
-
-def _cross_issues(sections: dict[str, BaseModel]) -> list[_Issue]:
-    scan, qualys = sections.get("scan"), sections.get("qualys")
-    if not isinstance(scan, ScanSettings) or not isinstance(qualys, QualysSettings):
-        return []
-    if scan.backend != "qualys":
-        return []
-    issues: list[_Issue] = []
-    if qualys.username is None:
-        issues.append(
-            _Issue(
-                ("qualys", "username"),
-                "",
-                "required when scan.backend is qualys; "
-                "set qualys.username (or use scan.backend: dry-run)",
-            )
-        )
-    if qualys.password is None:
-        issues.append(
-            _Issue(
-                ("qualys", "password"),
-                "",
-                "required when scan.backend is qualys; "
-                "set qualys.password_file (or qualys.password)",
-            )
-        )
-    return issues
-
-
-def load_settings(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Load, override from the environment and validate; raise ConfigError with every
-    problem. ``env`` defaults to os.environ."""
-    env = os.environ if env is None else env
-    file = find_config_file(path, env)
-    if file is not None and not Path(file).exists():
-        raise _fatal(
-            "configuration file not found; pass an existing file "
-            "with -c, or unset OSEL_CONFIG to use the defaults",
-            file,
-        )
-    sources = _Sources(file)
-    raw, issues = _read_yaml(file, sources) if file is not None else ({}, [])
-    problems = _apply_env(raw, env, sources)
-    sections, more = _validate_sections(raw)
-    issues += more + _cross_issues(sections)
-    problems += [sources.problem(i) for i in issues] + _policy_problems(sections, sources)
-    if problems:
-        raise ConfigError(problems)
-    return Settings.model_validate(sections)
-
-
-# --------------------------------------------------------------------------- documentation
-
-
-def _type_text(annotation: Any) -> str:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is Network:
-        return "CIDR"
-    if origin is Literal:
-        return " | ".join(str(a) for a in args)
-    if origin is Annotated:
-        return _type_text(args[0])
-    if origin in (typing.Union, types.UnionType):
-        names = ["null" if a is type(None) else _type_text(a) for a in args]
-        return " | ".join(dict.fromkeys(names))
-    if origin is list:
-        return f"list[{_type_text(args[0])}]"
-    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
-        return "secret"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "mapping"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _default_text(info: FieldInfo) -> str:
-    if info.is_required():
-        return "(required)"
-    value = _plain(info.get_default(call_default_factory=True))
-    if isinstance(value, list):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "null" if value is None else str(value)
-
-
-def _table_rows(model: type[BaseModel], prefix: str, rows: list[tuple[str, str, str, str]]) -> None:
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{name}"
-        if prefix:
-            rows.append(
-                (key, _type_text(info.annotation), _default_text(info), info.description or "")
-            )
-        subs = _models_in(info.annotation)
-        if len(subs) == 1:
-            _table_rows(subs[0], f"{key}.", rows)
-        for sub in subs if len(subs) > 1 else []:
-            _table_rows(sub, f"{key}[type={_tag(sub)}].", rows)
-
-
-def settings_table() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, description) for every key, in model order."""
-    rows: list[tuple[str, str, str, str]] = []
-    _table_rows(Settings, "", rows)
-    return rows

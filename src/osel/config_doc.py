@@ -12,9 +12,68 @@ drifts from the model.
 from __future__ import annotations
 
 import argparse
+import types
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from osel.config import settings_table
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+
+from osel.config import Network, Settings, models_in, plain, variant_tag
+
+
+def _type_text(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Network:
+        return "CIDR"
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin in (typing.Union, types.UnionType):
+        names = ["null" if a is type(None) else _type_text(a) for a in args]
+        return " | ".join(dict.fromkeys(names))
+    if origin is list:
+        return f"list[{_type_text(args[0])}]"
+    if isinstance(annotation, type) and issubclass(annotation, SecretStr):
+        return "secret"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "(required)"
+    value = plain(info.get_default(call_default_factory=True))
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _table_rows(model: type[BaseModel], prefix: str, rows: list[tuple[str, str, str, str]]) -> None:
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if prefix:
+            rows.append(
+                (key, _type_text(info.annotation), _default_text(info), info.description or "")
+            )
+        subs = models_in(info.annotation)
+        if len(subs) == 1:
+            _table_rows(subs[0], f"{key}.", rows)
+        for sub in subs if len(subs) > 1 else []:
+            _table_rows(sub, f"{key}[type={variant_tag(sub)}].", rows)
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, description) for every key, in model order."""
+    rows: list[tuple[str, str, str, str]] = []
+    _table_rows(Settings, "", rows)
+    return rows
+
 
 HEADER = """# Configuration reference
 

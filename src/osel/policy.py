@@ -38,7 +38,8 @@ from pydantic import (
     model_validator,
 )
 
-from osel.config import ConfigError, Problem, _line_map, _yaml_problem
+from osel.config import ConfigError, Problem
+from osel.config_load import line_map, yaml_problem
 from osel.exposure import _PORTED, Permit, normalize_protocol, parse_network
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -608,7 +609,7 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise PolicyError([_yaml_problem(path, exc)]) from None
+        raise PolicyError([yaml_problem(path, exc)]) from None
     finally:
         loader.dispose()
     if node is None or data is None:
@@ -619,7 +620,7 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         )
     lines: dict[Any, int] = {}
     duplicates: list[Any] = []
-    _line_map(node, (), lines, duplicates)
+    line_map(node, (), lines, duplicates)
     problems = [
         Problem(_key(d.loc), "", d.message, f"{path}:{lines.get(d.loc, 1)}") for d in duplicates
     ]

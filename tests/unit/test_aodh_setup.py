@@ -17,7 +17,8 @@ from osel import aodh_setup as setup
 from osel.aodh import EVENT_PATTERNS, project_token, verify_token
 from osel.aodh_route import aodh_routes
 from osel.cli import main
-from osel.config import Settings, load_settings
+from osel.config import Settings
+from osel.config_load import load_settings
 from osel.pipeline import Item, Stats
 from tests.fakes import FakeNeutron
 from tests.unit.test_aodh import RULE_ALARM

@@ -5,18 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from osel import config
+from osel import config, config_load
 from osel.config import (
     ConfigError,
     FileSink,
     ScopeSettings,
     Settings,
     SplunkHecSink,
-    find_config_file,
-    load_settings,
     mask_url,
-    settings_table,
 )
+from osel.config_doc import settings_table
+from osel.config_load import find_config_file, load_settings
 
 MARKER = "MARKER-s3cr3t"
 DRY = {"OSEL_SCAN__BACKEND": "dry-run"}
@@ -25,7 +24,7 @@ DRY = {"OSEL_SCAN__BACKEND": "dry-run"}
 @pytest.fixture(autouse=True)
 def _no_default_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config, "DEFAULT_PATHS", (str(tmp_path / "osel.yaml"),))
+    monkeypatch.setattr(config_load, "DEFAULT_PATHS", (str(tmp_path / "osel.yaml"),))
 
 
 def write(tmp_path: Path, text: str, name: str = "osel.yaml") -> str:

@@ -13,7 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from osel.cli import main
-from osel.config import ConfigError, load_settings
+from osel.config import ConfigError
+from osel.config_load import load_settings
 from osel.decide import Rules
 from osel.exposure import Permit
 from osel.policy import Policy, PolicyError, Subject, load_policy, parse_policy
