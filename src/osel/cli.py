@@ -241,7 +241,7 @@ async def _replay(settings: Settings, file: str, offline: bool) -> dict[str, Any
 async def _scans_left_to_run(daemon: Daemon) -> int:
     """Scan batches in the store that `osel run` still has to launch or follow; a backend
     that does not follow its scans (dry-run) leaves nothing to follow once launched."""
-    from osel.scheduler import ACTIVE, HELD, LAUNCHING, QUEUED
+    from osel.scan_backend import ACTIVE, HELD, LAUNCHING, QUEUED
     from osel.store.queries import counts
 
     states = [QUEUED, HELD, LAUNCHING]
@@ -547,7 +547,8 @@ def _results_line(summary: dict[str, Any] | None) -> str:
 def scans_list(config: str | None = None, count: int = 50) -> None:
     """List scan batches, newest first: state, reference, targets, errors, results."""
     from osel.qualys.budget import Budget
-    from osel.scheduler import DryRunBackend, Scheduler
+    from osel.scan_backend import DryRunBackend
+    from osel.scheduler import Scheduler
 
     settings = _settings(config)
 
@@ -586,7 +587,8 @@ def scans_list(config: str | None = None, count: int = 50) -> None:
 @config_option
 def scans_show(ref: str, config: str | None) -> None:
     """Show one batch by its id or its Qualys reference, with its change records."""
-    from osel.scheduler import DryRunBackend, Scheduler
+    from osel.scan_backend import DryRunBackend
+    from osel.scheduler import Scheduler
 
     settings = _settings(config)
 

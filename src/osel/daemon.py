@@ -32,7 +32,8 @@ from osel.outbox import Outbox
 from osel.pipeline import HandlingFailed, Item, Pipeline, Stats
 from osel.resolver import Resolver
 from osel.resync import load_snapshot, reconcile
-from osel.scheduler import DryRunBackend, ScanBackend, Scheduler
+from osel.scan_backend import DryRunBackend, ScanBackend
+from osel.scheduler import Scheduler
 from osel.sinks import Sink
 from osel.sinks.file import FileSink
 from osel.store import queries

@@ -35,9 +35,8 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -46,144 +45,29 @@ from osel.backoff import BackoffPolicy, OutageLog
 from osel.decide import SOURCE_TYPE, now_iso
 from osel.exposure import normalize_protocol
 from osel.faults import crash_point
+from osel.scan_backend import (
+    ACTIVE,
+    ERROR,
+    FINISHED,
+    HELD,
+    LAUNCHED,
+    LAUNCHING,
+    QUEUED,
+    SKIPPED,
+    AuthFailed,
+    LaunchResult,
+    Rejected,
+    ScanBackend,
+    ScanBatch,
+    ScanProblem,
+    ScanStatus,
+    Throttled,
+    Unavailable,
+)
 from osel.store import tables as t
 from osel.store.store import Store, _record_row, utcnow
 
 log = logging.getLogger(__name__)
-
-QUEUED = "queued"
-LAUNCHING = "launching"
-LAUNCHED = "launched"
-RUNNING = "running"
-FINISHED = "finished"
-ERROR = "error"
-SKIPPED = "skipped"
-HELD = "held"
-ACTIVE = (LAUNCHED, RUNNING)
-
-
-# --------------------------------------------------------------------------- backend interface
-
-
-class ScanProblem(Exception):
-    """A backend call that did not do what was asked. `reason` is for users: no secret."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Throttled(ScanProblem):
-    """The backend asked to wait (rate or concurrency limit); nothing was done."""
-
-    def __init__(self, reason: str, wait: float) -> None:
-        super().__init__(reason)
-        self.wait = max(0.0, wait)
-
-
-class Unavailable(ScanProblem):
-    """No usable answer (network error, timeout, 5xx). `maybe_done`: the request may have
-    been carried out all the same (it left osel and no definite answer came back)."""
-
-    def __init__(self, reason: str, *, maybe_done: bool = True) -> None:
-        super().__init__(reason)
-        self.maybe_done = maybe_done
-
-
-class AuthFailed(ScanProblem):
-    """The backend refuses osel's credentials or rights: nothing works until the
-    configuration is fixed (and osel restarted)."""
-
-
-class Rejected(ScanProblem):
-    """The backend refused this request for good (a bad parameter, an unknown profile)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScanBatch:
-    id: str
-    title: str
-    addresses: list[str]
-    priority: int
-    record_uuids: list[str]
-    message_ids: list[str]
-    members: tuple[tuple[str, str], ...] = ()  # (change record id, address)
-
-
-@dataclass(frozen=True, slots=True)
-class LaunchResult:
-    state: str  # launched | error (nothing could be launched: every address was refused)
-    reference: str = ""
-    error: str = ""
-    scan_id: str = ""
-    address_errors: Mapping[str, str] = field(default_factory=dict)  # address -> why not
-
-
-@dataclass(frozen=True, slots=True)
-class ScanStatus:
-    reference: str
-    state: str  # launched | running | finished | error
-    backend_state: str = ""  # the backend's own words, e.g. "Queued", "Finished/No_Vuln"
-    error: str = ""
-
-
-class ScanBackend(Protocol):
-    name: str
-    follows: bool  # launched scans have a life to follow (status, results)
-    lease_seconds: float  # the longest a launch call can take
-
-    async def launch_wait(self) -> float:
-        """Seconds before a launch may be tried (0: now)."""
-        ...
-
-    async def launch(self, batch: ScanBatch) -> LaunchResult: ...
-
-    async def find(self, batch: ScanBatch, since: datetime) -> ScanStatus | None:
-        """The scan launched for `batch` (found by its title), or None if there is none."""
-        ...
-
-    async def status(self, scans: Sequence[tuple[str, datetime | None]]) -> dict[str, ScanStatus]:
-        """The state of each (reference, launched_at); references not found are left out."""
-        ...
-
-    async def results(self, reference: str) -> dict[str, Any]:
-        """Per address: {ip_status, open: ["tcp/22", ...], vulnerabilities: {severity: n},
-        ports: {"tcp/22": {max_severity, vulnerabilities}}}."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class DryRunBackend:
-    """Records the batch it would launch; sends nothing anywhere."""
-
-    name = "dry-run"
-    follows = False
-    lease_seconds = 5.0
-
-    async def launch_wait(self) -> float:
-        return 0.0
-
-    async def launch(self, batch: ScanBatch) -> LaunchResult:
-        log.info(
-            "dry-run: would scan %d address(es) in batch %s: %s",
-            len(batch.addresses),
-            batch.id,
-            ", ".join(batch.addresses),
-        )
-        return LaunchResult(LAUNCHED)
-
-    async def find(self, batch: ScanBatch, since: datetime) -> ScanStatus | None:
-        return None
-
-    async def status(self, scans: Sequence[tuple[str, datetime | None]]) -> dict[str, ScanStatus]:
-        return {}
-
-    async def results(self, reference: str) -> dict[str, Any]:
-        return {}
-
-    async def close(self) -> None:
-        return None
 
 
 # --------------------------------------------------------------------------- pure helpers

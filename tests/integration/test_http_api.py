@@ -20,7 +20,8 @@ from osel.inventory import Inventory
 from osel.model import Port, SecurityGroup
 from osel.pipeline import Item, Pipeline
 from osel.resolver import Resolver
-from osel.scheduler import DryRunBackend, Scheduler
+from osel.scan_backend import DryRunBackend
+from osel.scheduler import Scheduler
 from osel.store import queries
 from osel.store.store import Batch, Store
 from tests import messages as m

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from osel.backoff import BackoffPolicy
 from osel.config import QualysSettings
 from osel.qualys.backend import QualysBackend
-from osel.scheduler import ERROR, FINISHED, LAUNCHED, QUEUED, Scheduler
+from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED
+from osel.scheduler import Scheduler
 from osel.store.store import Store
 from simulators.qualys import QualysSimulator, expand, serve_in_thread, start
 from tests.integration import neutron_fixtures as nf

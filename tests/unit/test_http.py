@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from osel.health import Health
 from osel.http.app import Context, create_app
 from osel.http.metrics import Metrics
-from osel.scheduler import DryRunBackend, Scheduler
+from osel.scan_backend import DryRunBackend
+from osel.scheduler import Scheduler
 from osel.store import queries
 from tests import messages as m
 from tests.unit.conftest import Harness

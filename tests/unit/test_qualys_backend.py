@@ -13,7 +13,8 @@ import pytest
 
 from osel.qualys.backend import QualysBackend
 from osel.qualys.client import SCAN_API
-from osel.scheduler import ERROR, FINISHED, LAUNCHED, QUEUED, Scheduler
+from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED
+from osel.scheduler import Scheduler
 from osel.store.store import Store
 from simulators.qualys import QualysSimulator, expand
 from tests.unit.test_qualys_client import FAST, PASSWORD, db, qualys_settings

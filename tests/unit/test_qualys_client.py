@@ -26,7 +26,7 @@ from osel.qualys.client import (
     parse_simple_return,
     summarise,
 )
-from osel.scheduler import AuthFailed, Throttled, Unavailable
+from osel.scan_backend import AuthFailed, Throttled, Unavailable
 from osel.store.store import Store
 from simulators.qualys import QualysSimulator, simple_return
 

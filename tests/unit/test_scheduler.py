@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from osel.backoff import BackoffPolicy
 from osel.decide import Decision, Target
-from osel.scheduler import (
+from osel.scan_backend import (
     ERROR,
     FINISHED,
     HELD,
@@ -33,12 +33,10 @@ from osel.scheduler import (
     ScanBackend,
     ScanBatch,
     ScanStatus,
-    Scheduler,
     Throttled,
     Unavailable,
-    link,
-    plan,
 )
+from osel.scheduler import Scheduler, link, plan
 from osel.store import tables as t
 from osel.store.store import Batch, Store, utcnow
 from tests.pg import postgres_database

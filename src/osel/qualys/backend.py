@@ -31,7 +31,7 @@ from osel.config import QualysSettings
 from osel.faults import crash_point
 from osel.qualys.budget import Budget
 from osel.qualys.client import SCAN_API, QualysClient, QualysRejected, ScanInfo, summarise
-from osel.scheduler import (
+from osel.scan_backend import (
     ERROR,
     FINISHED,
     LAUNCHED,

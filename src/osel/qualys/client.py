@@ -39,7 +39,7 @@ from osel import __version__
 from osel.backoff import BackoffPolicy, describe_error
 from osel.config import MASK, QualysSettings, mask_url
 from osel.qualys.budget import Budget, Limits, Ticket
-from osel.scheduler import AuthFailed, Rejected, Throttled, Unavailable
+from osel.scan_backend import AuthFailed, Rejected, Throttled, Unavailable
 
 SCAN_API = "/api/2.0/fo/scan/"
 ASSET_IP_API = "/api/2.0/fo/asset/ip/"
