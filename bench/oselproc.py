@@ -224,14 +224,7 @@ class OselProcess:
 
     def wait_processed(self, total: int, timeout: float = 600) -> float:
         """Wait until osel has committed `total` messages; the monotonic time it saw that."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sum(self.outcomes().values()) >= total:
-                return time.monotonic()
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"osel exited with {self.proc.returncode}:\n{self.tail()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"osel did not process {total} messages in {timeout}s:\n{self.tail()}")
+        return wait_processed([self], total, timeout)
 
     def stop(self) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -242,3 +235,20 @@ class OselProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(10)
+
+
+def wait_processed(fleet: list[OselProcess], total: int, timeout: float = 600) -> float:
+    """Wait until the instances together have committed `total` messages; the monotonic
+    time that was seen. Fails at once when one of them exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(sum(member.outcomes().values()) for member in fleet) >= total:
+            return time.monotonic()
+        for member in fleet:
+            if member.proc is not None and member.proc.poll() is not None:
+                raise RuntimeError(f"osel exited with {member.proc.returncode}:\n{member.tail()}")
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{len(fleet)} osel instance(s) did not process {total} messages in {timeout}s:\n"
+        + fleet[0].tail()
+    )

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import analysis, broker
 from bench.mix import Cloud, Mix
-from bench.oselproc import OselProcess, RssWatch, postgres_database, warm_store
+from bench.oselproc import OselProcess, RssWatch, postgres_database, wait_processed, warm_store
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def _osel_rate(
         spy = _py_spy(osel.pid, profile) if profile is not None else None
         if not watch.wait_empty(timeout=max(600, count / 100)):
             raise RuntimeError(f"osel did not drain its queue:\n{osel.tail()}")
-        done_at = _wait_processed(fleet, count)
+        done_at = wait_processed(fleet, count)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -151,18 +151,6 @@ def _osel_rate(
         }
     )
     return result
-
-
-def _wait_processed(fleet: list[OselProcess], total: int, timeout: float = 600) -> float:
-    """Wait until the instances together have committed `total` messages; when they had."""
-    if len(fleet) == 1:
-        return fleet[0].wait_processed(total, timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum(sum(member.outcomes().values()) for member in fleet) >= total:
-            return time.monotonic()
-        time.sleep(0.1)
-    raise RuntimeError(f"the {len(fleet)} instances did not commit {total} messages in {timeout}s")
 
 
 def _metric(metrics: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
