@@ -288,14 +288,7 @@ def _read_yaml(path: str, sources: _Sources) -> tuple[dict[str, Any], list[_Issu
             "pass an existing, readable file with -c or $OSEL_CONFIG",
             path,
         ) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        raise ConfigError([yaml_problem(path, exc)]) from None
-    finally:
-        loader.dispose()
+    node, data = yaml_document(text, path, ConfigError)
     if data is None or node is None:
         return {}, []
     if not isinstance(data, dict):
@@ -306,6 +299,22 @@ def _read_yaml(path: str, sources: _Sources) -> tuple[dict[str, Any], list[_Issu
     issues: list[_Issue] = []
     line_map(node, (), sources.lines, issues)
     return data, issues
+
+
+def yaml_document(
+    text: str, path: str, error: type[ConfigError] = ConfigError
+) -> tuple[yaml.Node | None, Any]:
+    """One YAML document as data, with its node tree (where each key is, for the line
+    numbers of problems); a syntax error raises `error` with one problem that says where."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise error([yaml_problem(path, exc)]) from None
+    finally:
+        loader.dispose()
+    return node, data
 
 
 def yaml_problem(path: str, exc: yaml.YAMLError) -> Problem:

@@ -26,7 +26,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -39,7 +38,7 @@ from pydantic import (
 )
 
 from osel.config import ConfigError, Problem
-from osel.config_load import line_map, yaml_problem
+from osel.config_load import line_map, yaml_document
 from osel.exposure import _PORTED, Permit, normalize_protocol, parse_network
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -604,14 +603,7 @@ def _problems(exc: ValidationError, data: Any, path: str, lines: dict[Any, int])
 
 def parse_policy(text: str, path: str = "<policy>") -> Policy:
     """Validate a policy document; PolicyError names every problem by key, value and line."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        raise PolicyError([yaml_problem(path, exc)]) from None
-    finally:
-        loader.dispose()
+    node, data = yaml_document(text, path, PolicyError)
     if node is None or data is None:
         raise PolicyError([Problem("", "", "the policy is empty; give at least version: 1", path)])
     if not isinstance(data, dict):
