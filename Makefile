@@ -24,7 +24,9 @@ reliability-report: ## write the last test run's figures into docs/reliability.m
 	uv run --frozen python scripts/reliability_report.py
 
 # The bench group (pika, oslo.messaging, matplotlib, py-spy) goes into an environment of
-# its own under var/, so that `uv sync` of the development environment leaves it alone.
+# its own under var/, so that `uv sync` of the development environment leaves it alone;
+# without the dev group, so that osel runs with what an installation has (structlog, for
+# one, imports rich when it is installed: a few MiB that production does not carry).
 bench:            ## the benchmark: writes docs/performance.md, docs/performance.png
 	bash scripts/openstack/stack.sh up
-	UV_PROJECT_ENVIRONMENT=var/bench/venv uv run --frozen --group bench python -m bench
+	UV_PROJECT_ENVIRONMENT=var/bench/venv uv run --frozen --no-dev --exact --group bench python -m bench

@@ -377,7 +377,8 @@ LIMITS = [
     " within the noise. Each commit costs something of its own (the transaction, the "
     "scheduler's tick at window 0, the sinks reading what it wrote), and a batch of the "
     "mix holds about a hundred relevant changes. But the peak RSS over 1,000,000 messages"
-    " went from 149 to 176 MiB (last/first tenth 1.15), past the memory target, so the "
+    " went from 149 to 176 MiB (last/first tenth 1.15, with the development tools "
+    "installed, see Memory below), past the memory target, so the "
     "defaults stay and "
     "[deploying](deploying.md#draining-a-backlog-batch-size-against-memory) gives the "
     "trade-off. (An earlier trial of batches of 3,000, on older code, had found no gain.)",
@@ -408,6 +409,34 @@ LIMITS = [
     "scheduler in a process of their own, which on SQLite means two processes sharing "
     "one writer, and here means taking CPU from the broker).",
     "",
+    "On a fast day (November 29, the ceiling at about 29,300 messages/s) the ratio is "
+    "lower than on a slow one (0.33x in two interleaved runs of 150,000 messages, "
+    "against 0.39x the day before): the ceiling, C-accelerated decoding in one loop, "
+    "gains more from a faster CPU than osel does. That day: ignored messages alone "
+    "took 36-38 microseconds each, about the ceiling's 34, and relevant ones 401-434; "
+    "without the scan scheduler at window 0 and without sinks (`scan.window_seconds` "
+    "3600, `audit.sinks: []`) the mix drained 1.30x faster (pairwise 1.36 and 1.24), "
+    "which is all of the difference between the mix and its halves, and still only "
+    "about 0.45x that day's ceiling. Running the scheduler and the sinks in a second "
+    "`osel run` on the same SQLite file (`amqp.enabled: false`), the first one "
+    "consuming with neither, drained 1.16x faster than one process (pairwise 1.16, "
+    "1.04 and 1.16) and had every record delivered and every target in a batch 1.17x "
+    "sooner: the two processes share the machine's two cores with RabbitMQ and the "
+    "SQLite writer between them. Waking the scheduler and the outbox at most once a "
+    "second while the consumer is behind: 1.01x (three pairs); their cost comes with "
+    "the records, not with how often they wake. `PRAGMA synchronous=NORMAL` on every "
+    "connection, as an upper bound (it is not safe for the consumer's commits): 1.00x "
+    "(four pairs); the commits' fsync is not what limits osel. Timing every SQLite "
+    "call of a 100,000-message drain (11,041 messages/s) in its worker thread: the "
+    "consumer's 3,700 calls executed 1.76 s and were waited for 3.93 s in all, the "
+    "scheduler's 1,778 calls 1.86 s and 4.25 s, the outbox's 689 calls 1.48 s and "
+    "3.31 s; the largest single items were the outbox reading records back (0.84 s), "
+    "the scheduler's and the consumer's commits (0.59 and 0.55 s), and the UPDATE of "
+    "the change records' learned columns (0.41 s). Batches of 3,000 sampled with "
+    "py-spy (11,749 against 10,490 messages/s): the event loop's thread was busy as "
+    "long as with 1,000 (1,039 and 1,069 samples) and idle less (403 against 627): "
+    "larger batches gain by waiting less on SQLite's threads, not by computing less.",
+    "",
     "Memory: right after it starts, osel holds about 127 MiB (its libraries, "
     "SQLAlchemy about 40 and openstacksdk about 22 of them, and the warm inventory "
     "of the benchmark's cloud of 11,000 resources). Alembic was about 12 more of "
@@ -437,15 +466,21 @@ LIMITS = [
     "drains of the mix took 3,516 and 3,270 messages/s against 3,274 and 3,509 "
     "before (interleaved, on a day the machine ran at less than half speed). The "
     "garbage collector's tuning (above) left the peak where it was: 137-139 MiB in "
-    "each of the 100,000-message drains it was measured with, before and after.",
+    "each of the 100,000-message drains it was measured with, before and after. The "
+    "benchmark runs osel in an environment with its own dependencies only, as an "
+    "installation from the wheel has them (`uv run --no-dev --exact`): until November "
+    "29 it also held the development tools, and structlog imports rich when it finds "
+    "it. Over 1,000,000 messages, the same day, the peak was 150.2, 149.9 and 149.8 "
+    "MiB with the tools installed, and 144.7, 143.9 and 142.6 MiB without them.",
 ]
 RUNNING = [
     "    make bench        # everything; writes this page, performance.png, var/bench/results.json",
     "",
     "    # parts, or smaller counts (the bench group lives in its own environment under var/)",
     "    export UV_PROJECT_ENVIRONMENT=var/bench/venv",
-    "    uv run --frozen --group bench python -m bench --quick",
-    "    uv run --frozen --group bench python -m bench --skip rss,burst --messages 50000",
+    "    uv run --frozen --no-dev --exact --group bench python -m bench --quick",
+    "    uv run --frozen --no-dev --exact --group bench python -m bench \\",
+    "        --skip rss,burst --messages 50000",
     "",
     "This run took {minutes} minutes. It needs RabbitMQ and PostgreSQL on 127.0.0.1 "
     "(guest/guest, trust) and, for the burst, the local Keystone + Neutron (`make bench` "
