@@ -242,12 +242,12 @@ async def _scans_left_to_run(daemon: Daemon) -> int:
     """Scan batches in the store that `osel run` still has to launch or follow; a backend
     that does not follow its scans (dry-run) leaves nothing to follow once launched."""
     from osel.scan_backend import ACTIVE, HELD, LAUNCHING, QUEUED
-    from osel.store.queries import counts
+    from osel.store.queries import scans_by_state
 
     states = [QUEUED, HELD, LAUNCHING]
     if daemon.scheduler.backend.follows:
         states += ACTIVE
-    by_state = (await counts(daemon.store))["scans_by_state"]
+    by_state = await scans_by_state(daemon.store)
     return sum(by_state.get(state, 0) for state in states)
 
 

@@ -443,8 +443,7 @@ class Daemon:
 
     async def refresh_metrics(self) -> None:
         """The gauges read from the store (and the Qualys client) when /metrics is asked."""
-        counts = await queries.counts(self.store)
-        for state, number in counts["scans_by_state"].items():
+        for state, number in (await queries.scans_by_state(self.store)).items():
             self.metrics.scans.labels(state).set(number)
         backend = self.scheduler.backend
         client = getattr(backend, "client", None)

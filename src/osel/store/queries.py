@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, true
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from osel.store import tables as t
@@ -123,13 +124,23 @@ async def scans(store: Store, f: ScanFilter) -> Page:
     return Page(items, f.offset + f.limit if len(rows) > f.limit else None)
 
 
+async def scans_by_state(store: Store) -> dict[str, int]:
+    """How many scan batches are in each state."""
+    async with store.engine.connect() as conn:
+        return await _scans_by_state(conn)
+
+
+async def _scans_by_state(conn: AsyncConnection) -> dict[str, int]:
+    b = t.scan_batches
+    rows = (await conn.execute(select(b.c.state, func.count()).group_by(b.c.state))).all()
+    return {str(state): int(number) for state, number in rows}
+
+
 async def counts(store: Store) -> dict[str, Any]:
     """Totals for the status page header."""
-    r, b = t.audit_records, t.scan_batches
+    r = t.audit_records
     async with store.engine.connect() as conn:
-        by_state: dict[Any, Any] = dict(
-            (await conn.execute(select(b.c.state, func.count()).group_by(b.c.state))).all()
-        )
+        by_state = await _scans_by_state(conn)
         exposed = (
             await conn.execute(
                 select(func.count()).where(
@@ -138,7 +149,7 @@ async def counts(store: Store) -> dict[str, Any]:
             )
         ).scalar()
     return {
-        "scans_by_state": {str(k): int(v) for k, v in by_state.items()},
+        "scans_by_state": by_state,
         "internet_exposed_changes": int(exposed or 0),
     }
 
