@@ -7,6 +7,7 @@ the exposure policy and the clock its exceptions' expiry is judged by.
 
 from __future__ import annotations
 
+import os
 import uuid
 from bisect import bisect_left
 from collections.abc import Callable
@@ -79,6 +80,18 @@ def iso_timestamp(oslo_time: str) -> str:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def random_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` makes it.
+
+    Formatted from the random bytes directly: uuid4() builds a UUID object first, and at
+    one id per audit record that was 4-6% of the time of a relevant change."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now_iso() -> str:
@@ -199,7 +212,7 @@ def _record(template: dict[str, Any]) -> dict[str, Any]:
     record = dict(template)
     rule = template["security_group_rule"]
     record.update(
-        record_id=str(uuid.uuid4()),
+        record_id=random_id(),
         security_group_rule=dict(rule) if rule is not None else None,
         opened=[],
         closed=[],

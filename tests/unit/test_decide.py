@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from osel.decide import ADMIN_PORTS, risk_priority
+from osel.decide import ADMIN_PORTS, random_id, risk_priority
 from osel.exposure import Permit
 
 
@@ -39,3 +41,18 @@ def test_risk_priority_of_several_permits() -> None:
     assert risk_priority([quiet], internet=True) == 1
     assert risk_priority([quiet, ssh], internet=True) == 0
     assert risk_priority([], internet=False) == 3
+
+
+def test_random_ids_are_version_4_uuids_in_their_canonical_text() -> None:
+    ids = [random_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text  # lower case, dashes where str(uuid4()) puts them
+    # every other bit is random: over 2000 ids, each hex digit outside the fixed ones varies
+    fixed = {14}  # the version digit; the variant digit (19) takes 8, 9, a or b
+    for at in range(36):
+        if at in (8, 13, 18, 23) or at in fixed:
+            continue
+        assert len({text[at] for text in ids}) >= (4 if at == 19 else 16), at
