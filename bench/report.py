@@ -298,11 +298,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 LIMITS = [
     "Unlike the sections above, this one is written by hand: its figures come from "
-    "separate runs on the same machine (November 2026) that took the process apart, "
-    "and a new run of the benchmark does not update them. The machine is shared and "
-    "its speed varies from day to day (the ceiling consumer measured 26,000-28,000 "
-    "messages/s on some days and about 15,700 on others), so the comparisons below are "
-    "between runs interleaved on the same day.",
+    "separate runs on machines of this kind (2 cores, November 2026) that took the "
+    "process apart, and a new run of the benchmark does not update them. The machine "
+    "is shared, and it is not always the same one: its CPU model and speed change "
+    "from one day, or one hour, to the next (the ceiling consumer measured from about "
+    "11,300 to 29,800 messages/s), so the comparisons below are between runs "
+    "interleaved within the hour.",
     "",
     "The broker side is not the limit: the ceiling consumer takes the same messages "
     "several times faster, osel sends one `basic.ack(multiple)` per batch of up to "
@@ -436,6 +437,25 @@ LIMITS = [
     "py-spy (11,749 against 10,490 messages/s): the event loop's thread was busy as "
     "long as with 1,000 (1,039 and 1,069 samples) and idle less (403 against 627): "
     "larger batches gain by waiting less on SQLite's threads, not by computing less.",
+    "",
+    "On a slow machine (the run above: an AMD EPYC, where the fast run an hour before "
+    "had an Intel Xeon; the ceiling at 11,300-13,500 messages/s) the ratio is higher, "
+    "0.41x, and the relevant tenth weighs less: ignored messages alone took 93 "
+    "microseconds each (the ceiling 84), relevant ones 835, 9 times as much against "
+    "12 on the fast machine. Record ids formatted from random bytes instead of "
+    "building uuid4's UUID object, and store rows unpacked in the hot loops instead of "
+    "read by attribute (a SQLAlchemy 2.1 row's attribute costs about 0.5 microseconds "
+    "here, ten times an index), took 3% off the CPU time of relevant changes (0.967x, "
+    "three interleaved pairs of 20,000) without moving the rate beyond the noise. "
+    "Batches of 3,000 that hour, against the defaults, over three interleaved pairs of "
+    "100,000 messages: with a prefetch of 6,000, rate 1.33x and CPU time 0.84x "
+    "(pairwise 1.06 to 1.45: the machine's speed moved by a third between runs "
+    "minutes apart); with a prefetch of 3,000, rate 1.05x and CPU time 0.98x. Over "
+    "300,000 messages their peak RSS was 151-153 MiB with a prefetch of 6,000, "
+    "144-147 with 3,000 and 139-141 with the defaults. Publish to scan request at 20 "
+    "changes/s was p50 89 ms and p99 183 ms there (76 and 93 on the fast machine); "
+    "at that rate a batch holds one or two changes, and after its first message it "
+    "waits up to `service.batch_wait_ms` (50 ms) for more before it commits.",
     "",
     "Memory: right after it starts, osel holds about 127 MiB (its libraries, "
     "SQLAlchemy about 40 and openstacksdk about 22 of them, and the warm inventory "
