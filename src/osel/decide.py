@@ -85,8 +85,9 @@ def iso_timestamp(oslo_time: str) -> str:
 def random_id() -> str:
     """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` makes it.
 
-    Formatted from the random bytes directly: uuid4() builds a UUID object first, and at
-    one id per audit record that was 4-6% of the time of a relevant change."""
+    Formatted from the random bytes directly (1.7 against 4.4 microseconds here):
+    uuid4() builds a UUID object first, and with one id per audit record it took about
+    6% of the event loop's time in a profile of relevant changes."""
     raw = bytearray(os.urandom(16))
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
