@@ -438,8 +438,9 @@ LIMITS = [
     "long as with 1,000 (1,039 and 1,069 samples) and idle less (403 against 627): "
     "larger batches gain by waiting less on SQLite's threads, not by computing less.",
     "",
-    "On a slow machine (the run above: an AMD EPYC, where the fast run an hour before "
-    "had an Intel Xeon; the ceiling at 11,300-13,500 messages/s) the ratio is higher, "
+    "On a slower machine (`make bench` of November 29, 10:21 UTC, on an AMD EPYC, "
+    "where the fast run an hour before had an Intel Xeon; the ceiling at "
+    "11,300-13,500 messages/s) the ratio is higher, "
     "0.41x, and the relevant tenth weighs less: ignored messages alone took 93 "
     "microseconds each (the ceiling 84), relevant ones 835, 9 times as much against "
     "12 on the fast machine. Record ids formatted from random bytes instead of "
