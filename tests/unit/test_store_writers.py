@@ -12,7 +12,14 @@ from typing import Any
 from sqlalchemy import insert
 
 from osel.store import tables as t
-from osel.store.store import SQLITE_STATEMENT_CACHE, Batch, Store, record_json
+from osel.store.store import (
+    SQLITE_STATEMENT_CACHE,
+    SQLITE_WAL_CHECKPOINT_PAGES,
+    SQLITE_WAL_LIMIT,
+    Batch,
+    Store,
+    record_json,
+)
 
 
 async def _writer(store: Store, key: str, events: list[str]) -> None:
@@ -107,3 +114,24 @@ async def test_the_consumers_commit_goes_before_the_writers_already_waiting(tmp_
         assert await store.seen(["m-urgent"]) == {"m-urgent"}
     finally:
         await store.close()
+
+
+async def test_sqlite_connections_checkpoint_the_log_less_often_and_cap_it(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/osel.db")
+    try:
+        await store.migrate()
+        async with store.engine.connect() as conn:
+            pragmas = {
+                name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "synchronous", "wal_autocheckpoint",
+                             "journal_size_limit")
+            }  # fmt: skip
+    finally:
+        await store.close()
+    assert pragmas == {
+        "journal_mode": "wal",
+        "synchronous": 2,  # FULL: a commit that returned survives power loss
+        "wal_autocheckpoint": SQLITE_WAL_CHECKPOINT_PAGES,
+        "journal_size_limit": SQLITE_WAL_LIMIT,
+    }
+    assert SQLITE_WAL_CHECKPOINT_PAGES > 1000  # above SQLite's default, which is the point
