@@ -114,8 +114,10 @@ class OutageLog:
         """Clock time of the first failure of the current outage, or None."""
         return self._down_since
 
-    def failed(self, exc: BaseException) -> None:
-        """Record one failed attempt (or the loss of a working connection)."""
+    def failed(self, exc: BaseException, *, trace: bool = False) -> None:
+        """Record one failed attempt (or the loss of a working connection). With `trace`,
+        the line that says it is down carries the traceback (for faults that are not
+        a dependency being away, where the one line would not say where it broke)."""
         now = self._clock()
         if self._down_since is None:
             self._down_since = now
@@ -138,6 +140,7 @@ class OutageLog:
                 self._cap,
                 flaps,
                 extra=facts,
+                exc_info=exc if trace else None,
             )
         else:
             self._logger.warning(
@@ -196,11 +199,13 @@ async def retry_forever(
     outage: OutageLog,
     stop_event: asyncio.Event | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    retry_if: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """Call ``fn`` until it succeeds, waiting per ``policy`` between attempts.
 
-    Every failure matching ``retry_on`` is reported to ``outage`` (which keeps
-    the log bounded) and success to ``outage.recovered()``. Other exceptions
+    Every failure matching ``retry_on`` (and ``retry_if``, when given) is reported
+    to ``outage`` (which keeps the log bounded) and success to
+    ``outage.recovered()``. Other exceptions
     propagate at once. When ``stop_event`` is set (before an attempt or
     during a wait) this raises `Stopped`; an attempt already running is not
     interrupted (cancel the task for that). ``what`` names the operation in
@@ -223,7 +228,9 @@ async def retry_forever(
         raise Stopped(what)
 
     def should_retry(exc: BaseException) -> bool:
-        return isinstance(exc, retry_on) and not isinstance(exc, Stopped)
+        if not isinstance(exc, retry_on) or isinstance(exc, Stopped):
+            return False
+        return retry_if is None or retry_if(exc)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from osel import memory
-from osel.backoff import BackoffPolicy, OutageLog, describe_error
+from osel.backoff import BackoffPolicy, OutageLog, Stopped, describe_error, retry_forever
 from osel.config import Settings
 from osel.decide import Rules, decide, now_iso
 from osel.decode import EventFilter
@@ -37,7 +37,7 @@ from osel.scheduler import Scheduler
 from osel.sinks import Sink
 from osel.sinks.file import FileSink
 from osel.store import queries
-from osel.store.store import Batch, Store
+from osel.store.store import Batch, Store, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,30 @@ class Daemon:
             await self._prepare_inventory(initial_sync)
         memory.freeze_long_lived()
 
+    async def _prepare_when_the_store_answers(self, stop: asyncio.Event) -> None:
+        """`prepare`, waiting with backoff while the store is out of reach (logged as an
+        outage, in bounded lines) instead of exiting: a supervisor that restarts osel
+        every few seconds would otherwise print a traceback each time."""
+
+        async def attempt() -> None:
+            self.inventory.clear()  # a failed attempt may have loaded part of it
+            try:
+                await self.prepare()
+            except Exception as exc:
+                if unavailable(exc):
+                    self.health.report("store", False, describe_error(exc))
+                raise
+            self.health.report("store", True)
+
+        await retry_forever(
+            attempt,
+            policy=self.backoff,
+            what="waiting for the store",
+            outage=self.store_outage,
+            stop_event=stop,
+            retry_if=unavailable,
+        )
+
     async def _prepare_inventory(self, initial_sync: bool) -> None:
         held = await self.store.load_inventory(self.inventory)
         if await self.store.deferred_count():
@@ -368,25 +392,44 @@ class Daemon:
 
     async def retry_deferred(self, stop: asyncio.Event) -> None:
         attempt = 0
+        outage = OutageLog("deferred-change retry", log, cap=self.backoff.cap)
         while not stop.is_set():
             if not self.pipeline.deferring:
                 await _sleep(stop, 1.0)
                 continue
-            rows = await self.store.deferred_head(1)
-            if not rows:
-                async with self.lock:
-                    if not await self.store.deferred_count():
-                        self.pipeline.deferring = False
-                        self.neutron_outage.recovered()
+            try:
+                reason = await self._retry_deferred_once()
+            except Exception as exc:  # the store is away, or a handler fails: try again
+                await _sleep(stop, self._failed(outage, exc))
                 continue
-            row = rows[0]
-            stats = await self.process([Item(row.body, row.source, row.broker, row.id)])
-            if stats.outcomes["deferred"]:
+            outage.recovered()
+            if reason is not None:
                 attempt += 1
-                self.neutron_outage.failed(NeutronUnavailable(row.reason))
+                self.neutron_outage.failed(NeutronUnavailable(reason))
                 await _sleep(stop, self.backoff.delay(attempt))
             else:
                 attempt = 0
+
+    async def _retry_deferred_once(self) -> str | None:
+        """Process the oldest deferred change; why it is still deferred, if it is."""
+        rows = await self.store.deferred_head(1)
+        if not rows:
+            async with self.lock:
+                if not await self.store.deferred_count():
+                    self.pipeline.deferring = False
+                    self.neutron_outage.recovered()
+            return None
+        row = rows[0]
+        stats = await self.process([Item(row.body, row.source, row.broker, row.id)])
+        return str(row.reason) if stats.outcomes["deferred"] else None
+
+    def _failed(self, outage: OutageLog, exc: Exception) -> float:
+        """One failed round of a background loop, logged in bounded lines (`OutageLog`:
+        never a line per round, which at window 0 would be several a second while the
+        store is away); the traceback only when the store is not simply out of reach.
+        Returns how long to wait before the next round."""
+        outage.failed(exc, trace=not unavailable(exc))
+        return self.backoff.delay(outage.attempts)
 
     async def schedule(self, stop: asyncio.Event) -> None:
         """Form and launch due scan batches every window/4 (0.2 s to 5 s); with
@@ -394,24 +437,30 @@ class Daemon:
         await self.scheduler.resume()
         period = max(0.2, min(5.0, self.settings.scan.window_seconds / 4))
         at_once = self.settings.scan.window_seconds == 0
+        outage = OutageLog("scan scheduler", log, cap=self.backoff.cap)
         while not stop.is_set():
             self.scan_wake.clear()
             try:
                 await self.scheduler.tick()
-            except Exception:
-                log.exception("scan scheduler failed; retrying")
+            except Exception as exc:
+                await _sleep(stop, max(period, self._failed(outage, exc)))
+                continue
+            outage.recovered()
             await _wait_any([stop, self.scan_wake] if at_once else [stop], period)
 
     async def follow_scans(self, stop: asyncio.Event) -> None:
         """Poll launched scans to their end, every qualys.poll_seconds (qualys.follow)."""
         if not self.scheduler.backend.follows:
             return
+        failing = OutageLog("scan follower", log, cap=self.backoff.cap)
         while not stop.is_set():
+            delay = self.settings.qualys.poll_seconds
             try:
                 await self.scheduler.follow()
-            except Exception:
-                log.exception("following scans failed; retrying")
-            delay = self.settings.qualys.poll_seconds
+            except Exception as exc:
+                delay = max(delay, self._failed(failing, exc))
+            else:
+                failing.recovered()
             outage = self.scheduler.outage
             if outage.is_down:
                 delay = max(delay, self.backoff.delay(outage.attempts))
@@ -436,6 +485,7 @@ class Daemon:
         try:
             await asyncio.wait_for(self.store.set_meta("ready_probe", now_iso()), timeout=5)
             checks["store"] = True
+            self.health.report("store", True)
         except Exception as exc:
             self.health.report("store", False, describe_error(exc))
             checks["store"] = False
@@ -483,7 +533,15 @@ class Daemon:
             if not self.caught_up or self.pipeline.deferring:
                 log.info("re-sync postponed: notifications are still waiting to be processed")
                 continue
-            await self.resync_once()
+            try:
+                await self.resync_once()
+            except Exception as exc:
+                log.warning(
+                    "re-sync failed; the next one is in %g minutes (openstack.resync_minutes): %s",
+                    minutes,
+                    describe_error(exc),
+                    exc_info=None if unavailable(exc) else exc,
+                )
 
     async def resync_once(self) -> int:
         try:
@@ -515,7 +573,11 @@ class Daemon:
     # --- lifetime ------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
-        await self.prepare()
+        try:
+            await self._prepare_when_the_store_answers(stop)
+        except Stopped:
+            log.info("osel %s stopped before the store answered", self.instance)
+            return 0
         workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         if self.settings.amqp.enabled:
             if self.source is None:
@@ -622,15 +684,16 @@ class Daemon:
 
     async def policy_expiry(self, stop: asyncio.Event) -> None:
         """Record each policy exception's expiry, once (record_type policy)."""
+        outage = OutageLog("policy expiry recorder", log, cap=self.backoff.cap)
         while not stop.is_set():
+            delay = self.policy_expiry_seconds
             try:
                 await self.expire_policy_once()
             except Exception as exc:
-                log.warning(
-                    "could not record the expiry of a policy exception (retrying): %s",
-                    describe_error(exc),
-                )
-            await _sleep(stop, self.policy_expiry_seconds)
+                delay = max(delay, self._failed(outage, exc))
+            else:
+                outage.recovered()
+            await _sleep(stop, delay)
 
     async def expire_policy_once(self) -> int:
         """Commit a `policy_exception_expired` record for each newly expired exception.

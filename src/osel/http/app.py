@@ -14,12 +14,15 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from osel import __version__
+from osel.backoff import describe_error
 from osel.health import Health
 from osel.http.metrics import Metrics
 from osel.store import queries
-from osel.store.store import Store
+from osel.store.store import Store, unavailable
 
 Lag = dict[str, dict[str, float | int | None]]
 
@@ -91,12 +94,54 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 Text = Annotated[str | None, Query(max_length=255, pattern=r"^[^\x00]*$")]
 
 
+def _store_away(ctx: Context) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The handler of store errors in requests."""
+
+    async def store_away(request: Request, exc: Exception) -> Response:
+        """503 while the store is out of reach, without a traceback per request: the
+        daemon's loops log the outage in bounded lines. Other faults stay 500s."""
+        if not unavailable(exc):
+            raise exc
+        error = describe_error(exc)
+        ctx.health.report("store", False, error)
+        headers = {"Retry-After": "10"}
+        if request.url.path == "/status":
+            page = (
+                "<!doctype html><title>osel: store unavailable</title>"
+                "<h1>osel's store does not answer</h1><p>This page needs the store; it "
+                "comes back when the store does. /healthz, /readyz and /metrics still answer."
+            )
+            return HTMLResponse(page, status_code=503, headers=headers)
+        return JSONResponse({"error": f"the store does not answer: {error}"}, 503, headers)
+
+    return store_away
+
+
+async def _store_gauges(ctx: Context) -> None:
+    """Set the gauges read from the store. While it is out of reach they keep their last
+    values: the counters and osel_dependency_up{dependency="store"} 0 are what matters."""
+    try:
+        if ctx.refresh is not None:
+            await ctx.refresh()
+        for sink, lag in (await ctx.lag()).items():
+            ctx.metrics.sink_lag.labels(sink).set(lag["behind"] or 0)
+            ctx.metrics.sink_age.labels(sink).set(lag["oldest_seconds"] or 0)
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        ctx.health.report("store", False, describe_error(exc))
+
+
 def create_app(ctx: Context) -> FastAPI:
     app = FastAPI(
         title="osel",
         version=__version__,
         description="OpenStack Event Listener: exposure changes, scans and health.",
     )
+
+    store_away = _store_away(ctx)
+    app.add_exception_handler(DBAPIError, store_away)
+    app.add_exception_handler(PoolTimeout, store_away)
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -115,11 +160,7 @@ def create_app(ctx: Context) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
-        if ctx.refresh is not None:
-            await ctx.refresh()
-        for sink, lag in (await ctx.lag()).items():
-            ctx.metrics.sink_lag.labels(sink).set(lag["behind"] or 0)
-            ctx.metrics.sink_age.labels(sink).set(lag["oldest_seconds"] or 0)
+        await _store_gauges(ctx)
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/changes", response_model=ChangePage, summary="Change records, newest first")

@@ -32,7 +32,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from osel.decide import Decision, WindowOp
@@ -78,6 +79,15 @@ _KINDS: dict[str, Table] = {
     "fip": t.inv_fips,
     "address_group": t.inv_address_groups,
 }
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach (refused, dropped, timed out,
+    locked, no pooled connection free), rather than that something asked of it was
+    wrong."""
+    if isinstance(exc, OSError | TimeoutError | PoolTimeout | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def utcnow() -> datetime:

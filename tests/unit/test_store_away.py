@@ -1,0 +1,262 @@
+"""The store out of reach: the daemon's loops and its HTTP endpoint go on, log in
+bounded lines and answer 503, instead of a traceback per round or per request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from osel.backoff import BackoffPolicy
+from osel.config import Settings
+from osel.daemon import Daemon
+from osel.health import Health
+from osel.http.app import Context, create_app
+from osel.http.metrics import Metrics
+from osel.scan_backend import ScanBatch
+from osel.store import queries
+from osel.store.store import Store, unavailable
+from tests.fakes import FakeSource
+from tests.unit.test_daemon import neutron_world, settings, wait_for
+
+# nothing listens on port 1: every connection is refused, as with PostgreSQL stopped
+REFUSED = "postgresql://osel@127.0.0.1:1/osel"
+
+
+def refused() -> OperationalError:
+    return OperationalError("SELECT 1", None, ConnectionRefusedError("connection refused"))
+
+
+def test_unavailable_tells_an_unreachable_store_from_a_wrong_request():
+    assert unavailable(refused())
+    assert unavailable(OSError("disk I/O error"))
+    assert unavailable(PoolTimeout("QueuePool limit reached"))
+    assert unavailable(DBAPIError("SELECT 1", None, Exception("gone"), connection_invalidated=True))
+    assert not unavailable(DBAPIError("SELECT 1", None, Exception("syntax error")))
+    assert not unavailable(IntegrityError("INSERT", None, Exception("duplicate key")))
+    assert not unavailable(KeyError("record_id"))
+
+
+@pytest.fixture
+async def away() -> AsyncIterator[httpx.AsyncClient]:
+    store = Store(REFUSED)
+    health = Health()
+    metrics = Metrics(health)
+    metrics.targets.inc(3)  # counted before the store went away
+
+    async def ready() -> dict[str, bool]:
+        return {"store": False}
+
+    async def lag() -> dict[str, dict[str, float | int | None]]:
+        return await queries.sink_lag(store, ["file:/tmp/x.jsonl"])
+
+    async def refresh() -> None:
+        for state, number in (await queries.scans_by_state(store)).items():
+            metrics.scans.labels(state).set(number)
+
+    app = create_app(Context(store, health, metrics, ready, lag, instance="t", refresh=refresh))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://osel"
+    ) as client:
+        yield client
+    await store.close()
+
+
+async def test_the_api_answers_503_and_metrics_still_render_while_the_store_is_away(
+    away: httpx.AsyncClient,
+):
+    changes = await away.get("/v1/changes")
+    assert changes.status_code == 503
+    assert changes.headers["retry-after"] == "10"
+    assert changes.json()["error"].startswith("the store does not answer: OperationalError")
+    page = await away.get("/status")
+    assert page.status_code == 503 and "store does not answer" in page.text
+    assert (await away.get("/v1/scans")).status_code == 503
+    metrics = await away.get("/metrics")
+    assert metrics.status_code == 200
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.text)
+        for s in family.samples
+    }
+    assert samples[("osel_dependency_up", (("dependency", "store"),))] == 0.0
+    assert samples[("osel_scan_targets_total", ())] == 3.0
+
+
+async def test_a_fault_that_is_not_the_store_being_away_stays_a_500(tmp_path: Path):
+    health = Health()
+    store = Store(f"sqlite:///{tmp_path}/osel.db")
+
+    async def ready() -> dict[str, bool]:
+        return {}
+
+    async def lag() -> dict[str, dict[str, float | int | None]]:
+        raise IntegrityError("SELECT", None, Exception("a bug, not an outage"))
+
+    app = create_app(Context(store, health, Metrics(health), ready, lag))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://osel") as client:
+        assert (await client.get("/metrics")).status_code == 500
+    await store.close()
+
+
+def lines(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith(name)]
+
+
+async def test_the_scan_scheduler_backs_off_and_logs_an_outage_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, "osel.daemon")
+    daemon = Daemon(
+        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=0.2)
+    )
+    await daemon.prepare()
+    calls = 0
+    failing = True
+
+    async def tick() -> list[ScanBatch]:
+        nonlocal calls
+        calls += 1
+        if failing:
+            raise refused()
+        return []
+
+    daemon.scheduler.tick = tick  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(daemon.schedule(stop))
+    await asyncio.sleep(1.5)
+    failing = False
+    await wait_for(lambda: lines(caplog, "scan scheduler back"))
+    stop.set()
+    await loop
+    down = lines(caplog, "scan scheduler")
+    # one line when it went down, one summary per cap (0.2 s) at most, one when back:
+    # the loop's period at window 0 is 0.2 s, and it was woken after each round before
+    assert calls >= 4
+    assert len(down) <= 2 + 1.5 / 0.2 + 1
+    assert down[0].getMessage().startswith("scan scheduler down: OperationalError")
+    assert all(r.exc_info is None for r in down)  # the store away: no traceback
+    await daemon.store.close()
+
+
+async def test_a_fault_in_a_loop_shows_its_traceback_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, "osel.daemon")
+    daemon = Daemon(
+        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=0.2)
+    )
+    await daemon.prepare()
+
+    async def tick() -> list[ScanBatch]:
+        raise KeyError("batch_id")
+
+    daemon.scheduler.tick = tick  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(daemon.schedule(stop))
+    await wait_for(lambda: len(lines(caplog, "scan scheduler still down")) >= 2)
+    stop.set()
+    await loop
+    down = lines(caplog, "scan scheduler")
+    assert [r.exc_info is not None for r in down][:3] == [True, False, False]
+    await daemon.store.close()
+
+
+async def test_the_retry_of_deferred_changes_survives_the_store_going_away(tmp_path: Path):
+    daemon = Daemon(
+        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=0.1)
+    )
+    await daemon.prepare()
+    real_head = daemon.store.deferred_head
+    calls = 0
+
+    async def head(limit: int) -> list[object]:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise refused()
+        return await real_head(limit)
+
+    daemon.store.deferred_head = head  # type: ignore[method-assign]
+    daemon.pipeline.deferring = True
+    stop = asyncio.Event()
+    loop = asyncio.create_task(daemon.retry_deferred(stop))
+    await wait_for(lambda: not daemon.pipeline.deferring)  # the empty table, once it answers
+    assert calls == 4 and not loop.done()
+    stop.set()
+    await loop
+    await daemon.store.close()
+
+
+async def test_osel_waits_for_the_store_at_start_instead_of_exiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, "osel.daemon")
+    source = FakeSource()
+    daemon = Daemon(
+        settings(tmp_path),
+        neutron=neutron_world(),
+        source=source,
+        backoff=BackoffPolicy(initial=0.05, cap=0.2),
+    )
+    real_prepare = daemon.prepare
+    attempts = 0
+
+    async def prepare(*, initial_sync: bool = True) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 3:
+            raise refused()
+        await real_prepare(initial_sync=initial_sync)
+
+    daemon.prepare = prepare  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    await wait_for(lambda: lines(caplog, "store back"))
+    assert attempts == 4 and not runner.done()
+    assert len(lines(caplog, "store down")) == 1
+    stop.set()
+    assert await runner == 0
+
+
+async def test_a_fault_at_start_that_is_not_the_store_being_away_still_stops_osel(tmp_path: Path):
+    daemon = Daemon(settings(tmp_path), neutron=neutron_world(), source=FakeSource())
+
+    async def prepare(*, initial_sync: bool = True) -> None:
+        raise RuntimeError("the store's schema is newer than this osel")
+
+    daemon.prepare = prepare  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="schema is newer"):
+        await daemon.run(asyncio.Event())
+    await daemon.store.close()
+
+
+async def test_stopped_while_waiting_for_the_store(tmp_path: Path):
+    config = Settings.model_validate(
+        {
+            "scan": {"backend": "dry-run"},
+            "store": {"url": REFUSED},
+            "audit": {"sinks": [{"type": "file", "path": str(tmp_path / "audit.jsonl")}]},
+            "openstack": {"resync_minutes": 0},
+            "http": {"enabled": False},
+        }
+    )
+    daemon = Daemon(
+        config,
+        neutron=neutron_world(),
+        source=FakeSource(),
+        backoff=BackoffPolicy(initial=0.05, cap=0.1),
+    )
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    await wait_for(lambda: daemon.store_outage.attempts >= 2)
+    stop.set()
+    assert await runner == 0
