@@ -39,6 +39,15 @@ ROWS = [
         "at most 2 + 3600 / cap: 62 at the default cap of 60 s",
     ),
     (
+        "PostgreSQL outage at start and under traffic (connections refused)",
+        "store_outage-postgresql",
+        "waiting at start: {start_wait_log_lines} log lines; then {outage_seconds} s with a "
+        "backoff cap of {backoff_cap_seconds} s: {outage_log_lines} log lines, no traceback, "
+        "`/metrics` answering; processing again {processing_again_after_seconds} s after it "
+        "returned; {relevant} relevant of {notifications} notifications: lost {records_lost}, "
+        "duplicated {records_duplicated}",
+    ),
+    (
         "connections cut while publishing",
         "broker_faults",
         "{connection_cuts} cuts, {relevant} relevant of {notifications} notifications: "

@@ -1,0 +1,133 @@
+"""PostgreSQL out of reach, at start and under traffic: osel waits, logs the outage in
+a few lines, keeps answering /metrics, and loses and repeats nothing.
+
+The store's connections go through a TCP proxy that refuses them for a while, as a
+stopped or failed-over PostgreSQL does. (A SQLite store has no such outage: it is a
+file of the machine osel runs on.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.osel_process import OselProcess
+from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.test_resilience import (
+    exactly_once,
+    publish,
+    relevant_ids,
+    report,
+    traffic,
+    wait_drained,
+)
+from tests.pg import postgres_database
+
+pytestmark = pytest.mark.integration
+
+
+def log_lines(osel: OselProcess, after: int) -> list[str]:
+    """The log's lines from character `after` on."""
+    return osel.log.read_text(errors="replace")[after:].splitlines()
+
+
+def store_up(osel: OselProcess) -> float:
+    text = httpx.get(f"{osel.http_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "osel_dependency_up" and sample.labels == {"dependency": "store"}:
+                return sample.value
+    raise AssertionError("osel_dependency_up{dependency=store} is missing")
+
+
+@pytest.mark.timeout(300)
+def test_a_postgresql_outage_at_start_and_under_traffic(group, tmp_path: Path):
+    sg_id, ips = group
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    cap = 2.0
+    with postgres_database() as url:
+        osel = OselProcess(
+            tmp_path,
+            store_url=url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"),
+            window_seconds=0,  # the scheduler's loop runs after every commit
+            http=True,
+            extra={"service": {"backoff_initial_seconds": 0.2, "backoff_cap_seconds": cap}},
+        )
+        starting = threading.Thread(target=osel.start)
+        try:
+            # 1. PostgreSQL away when osel starts: it waits instead of exiting
+            proxy.refuse(True)
+            starting.start()
+            deadline = time.monotonic() + 30
+            while osel.proc is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            osel.wait_for_log("store down", timeout=30)
+            time.sleep(3 * cap)
+            assert osel.proc is not None and osel.proc.poll() is None, osel.tail()
+            waiting = log_lines(osel, 0)
+            proxy.refuse(False)
+            starting.join(60)
+            assert not starting.is_alive(), osel.tail()
+
+            # 2. PostgreSQL away for 20 s while notifications keep coming
+            sent = traffic(sg_id, 40)
+            publish(osel.queue, sent)
+            wait_drained(osel, relevant_ids(sent))
+            log_chars = len(osel.log.read_text(errors="replace"))
+            proxy.refuse(True)
+            during = traffic(sg_id, 40)
+            publish(osel.queue, during)
+            sent += during
+            outage = 20.0
+            began = time.monotonic()
+            answers: dict[str, set[int]] = {"/v1/changes": set(), "/readyz": set()}
+            up: set[float] = set()
+            while time.monotonic() - began < outage:
+                time.sleep(2)
+                for path, codes in answers.items():
+                    codes.add(httpx.get(f"{osel.http_url}{path}", timeout=10).status_code)
+                up.add(store_up(osel))
+            assert osel.proc.poll() is None, osel.tail()
+            outage_lines = log_lines(osel, log_chars)
+            log_chars = len(osel.log.read_text(errors="replace"))
+            proxy.refuse(False)
+            back = time.monotonic()
+            osel.wait_for_log("store back", after=log_chars, timeout=cap * 5)
+            resumed = time.monotonic() - back
+            records = wait_drained(osel, relevant_ids(sent))
+            exactly_once(records, relevant_ids(sent), len(ips))
+
+            # waiting at start: the line that says so, at most one summary per cap
+            assert len(waiting) <= 3 * cap / cap + 3, waiting
+            # under traffic: the consumer, the scan scheduler and the audit sink each say
+            # it once, then at most once per cap; no traceback
+            assert len(outage_lines) <= 3 * (outage / cap + 2), outage_lines
+            assert not any("Traceback" in line for line in outage_lines), outage_lines
+            assert answers == {"/v1/changes": {503}, "/readyz": {503}}
+            assert up == {0.0}  # /metrics answered each time, and said so
+            assert store_up(osel) == 1.0
+            report(
+                "store_outage",
+                {
+                    "outage_seconds": outage,
+                    "backoff_cap_seconds": cap,
+                    "outage_log_lines": len(outage_lines),
+                    "start_wait_log_lines": len(waiting),
+                    "processing_again_after_seconds": round(resumed, 2),
+                    "notifications": len(sent),
+                    "relevant": len(relevant_ids(sent)),
+                    "records_lost": 0,
+                    "records_duplicated": 0,
+                },
+                url,
+            )
+        finally:
+            osel.close()
+            proxy.close()
+            if starting.is_alive():
+                starting.join(60)
