@@ -17,9 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from osel.aodh import KeystoneCheck, KeystoneTokenCheck, handle_webhook
+from osel.backoff import describe_error
 from osel.config import Settings
 from osel.neutron import NeutronAPI
 from osel.pipeline import Item, Stats
+from osel.store.store import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +144,14 @@ def aodh_routes(
                 return JSONResponse(result.answer, status_code=result.status)
             try:
                 stats = await process([Item(result.body, "aodh", "")])
-            except Exception:
-                log.exception("Aodh webhook: could not commit %s", result.answer)
+            except Exception as exc:
+                # one line, without a traceback, while the store is simply away
+                log.warning(
+                    "Aodh webhook: could not commit %s: %s",
+                    result.answer,
+                    describe_error(exc),
+                    exc_info=None if unavailable(exc) else exc,
+                )
                 return JSONResponse(
                     {**result.answer, "error": "could not commit the change; see osel's log"},
                     status_code=503,

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError
 
 from osel import aodh_setup as setup
 from osel.aodh import EVENT_PATTERNS, project_token, verify_token
@@ -240,13 +241,13 @@ def test_url_prints_one_projects_webhook(config):
 
 
 class Recorder:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: Exception | None = None) -> None:
         self.items: list[Item] = []
         self.fail = fail
 
     async def __call__(self, items: list[Item]) -> Stats:
-        if self.fail:
-            raise RuntimeError("store is read-only")
+        if self.fail is not None:
+            raise self.fail
         self.items += items
         stats = Stats()
         stats.outcomes["recorded"] += 1
@@ -277,10 +278,22 @@ async def test_the_route_answers_401_and_commits_nothing_without_the_token(path)
     assert response.status_code == 401 and process.items == []
 
 
-async def test_the_route_answers_503_when_the_commit_fails():
-    async with client(Recorder(fail=True)) as http:
+@pytest.mark.parametrize(
+    ("error", "traceback"),
+    [
+        (RuntimeError("a bug in handling"), True),
+        (OperationalError("INSERT", None, ConnectionRefusedError("refused")), False),
+    ],
+)
+async def test_the_route_answers_503_when_the_commit_fails(
+    error: Exception, traceback: bool, caplog: pytest.LogCaptureFixture
+):
+    async with client(Recorder(fail=error)) as http:
         response = await http.post(f"/v1/aodh/{project_token(SECRET, 'p1')}", json=RULE_ALARM)
     assert response.status_code == 503 and "could not commit" in response.json()["error"]
+    (line,) = [r for r in caplog.records if "could not commit" in r.getMessage()]
+    assert type(error).__name__ in line.getMessage()
+    assert (line.exc_info is not None) is traceback  # none while the store is simply away
 
 
 def test_the_route_is_in_the_openapi_document():
