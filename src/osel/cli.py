@@ -130,7 +130,7 @@ def replay(
     if file is None:
         raise click.UsageError("give a capture FILE, or --policy FILE --since PERIOD")
     settings = _settings(config)
-    summary = _run(_replay(settings, file, offline))
+    summary = _run_on_store(settings, _replay(settings, file, offline))
     click.echo(json.dumps(summary, indent=2, sort_keys=True))
     sys.exit(1 if summary["deferred_waiting"] else 0)
 
@@ -426,7 +426,28 @@ def _with_store(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]])
         finally:
             await store.close()
 
-    return _run(go())
+    return _run_on_store(settings, go())
+
+
+def _run_on_store(settings: Settings, coro: Coroutine[Any, Any, T]) -> T:
+    """`_run`, with a store out of reach said in one line (exit status 1), not a traceback."""
+    from sqlalchemy.engine import make_url
+
+    from osel.backoff import describe_error
+    from osel.store.store import unavailable
+
+    try:
+        return _run(coro)
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        url = make_url(settings.store.url.get_secret_value()).render_as_string(hide_password=True)
+        click.echo(
+            f"osel: the store does not answer (store.url={url}): {describe_error(exc)}; "
+            "check that the database runs and is reachable from here, and store.url",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @main.group()

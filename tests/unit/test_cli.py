@@ -152,3 +152,23 @@ def test_audit_tail_scans_and_quarantine(config: Path, tmp_path: Path):
     assert shown["addresses"] == ["10.9.0.9"]
     quarantined = invoke("quarantine", "list", "-c", str(config))
     assert "not JSON" in quarantined.output
+
+
+@pytest.mark.parametrize(
+    "command", [["audit", "status"], ["audit", "tail"], ["scans", "list"], ["db", "upgrade"]]
+)
+def test_a_store_that_does_not_answer_is_one_line_naming_store_url(
+    command: list[str], config: Path
+):
+    settings = yaml.safe_load(config.read_text())
+    # nothing listens on port 1: refused at once, as with PostgreSQL stopped
+    settings["store"]["url"] = "postgresql://osel:MARKER-pw@127.0.0.1:1/osel"
+    config.write_text(yaml.safe_dump(settings))
+    result = CliRunner().invoke(main, [*command, "-c", str(config)])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(
+        "osel: the store does not answer (store.url=postgresql://osel:***@127.0.0.1:1/osel): "
+        "OperationalError"
+    )
+    assert "check that the database runs" in line and "MARKER-pw" not in result.output
