@@ -107,6 +107,15 @@ async def test_a_fault_that_is_not_the_store_being_away_stays_a_500(tmp_path: Pa
     await store.close()
 
 
+async def prepared(tmp_path: Path, *, cap: float) -> Daemon:
+    """A daemon on a SQLite store, started up, with a fast backoff."""
+    daemon = Daemon(
+        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=cap)
+    )
+    await daemon.prepare()
+    return daemon
+
+
 def lines(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage().startswith(name)]
 
@@ -115,10 +124,7 @@ async def test_the_scan_scheduler_backs_off_and_logs_an_outage_in_a_few_lines(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     caplog.set_level(logging.INFO, "osel.daemon")
-    daemon = Daemon(
-        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=0.2)
-    )
-    await daemon.prepare()
+    daemon = await prepared(tmp_path, cap=0.2)
     calls = 0
     failing = True
 
@@ -151,10 +157,7 @@ async def test_a_fault_in_a_loop_shows_its_traceback_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     caplog.set_level(logging.INFO, "osel.daemon")
-    daemon = Daemon(
-        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=0.2)
-    )
-    await daemon.prepare()
+    daemon = await prepared(tmp_path, cap=0.2)
 
     async def tick() -> list[ScanBatch]:
         raise KeyError("batch_id")
@@ -171,10 +174,7 @@ async def test_a_fault_in_a_loop_shows_its_traceback_once(
 
 
 async def test_the_retry_of_deferred_changes_survives_the_store_going_away(tmp_path: Path):
-    daemon = Daemon(
-        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=0.1)
-    )
-    await daemon.prepare()
+    daemon = await prepared(tmp_path, cap=0.1)
     real_head = daemon.store.deferred_head
     calls = 0
 
