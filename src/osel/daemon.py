@@ -196,6 +196,9 @@ class Daemon:
         self.health = Health()
         self.metrics = Metrics(self.health)
         self.caught_up = False
+        # the in-memory inventory was cleared to be rebuilt and the store did not answer:
+        # it is rebuilt before the next batch is handled (see _reload_inventory)
+        self.inventory_stale = False
         self.neutron_outage = OutageLog("neutron", log, cap=self.backoff.cap)
         self.store_outage = OutageLog("store", log, cap=self.backoff.cap)
 
@@ -278,7 +281,7 @@ class Daemon:
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     self.health.report("store", False, describe_error(exc))
-                await self._reload_inventory()
+                await self._reload_inventory_or_later()
                 raise
         self.health.report("store", True)
         if batch.quarantined:
@@ -320,6 +323,8 @@ class Daemon:
     async def _catch_up(self) -> None:
         """Under the inventory lock: take in what other instances committed, and queue up
         behind changes one of them deferred while Neutron was away."""
+        if self.inventory_stale:
+            await self._reload_inventory()
         generation = self.inventory.generation
         await self.store.refresh_inventory(self.inventory)
         if self.inventory.generation != generation:  # reloaded as a whole: a new long-lived set
@@ -344,8 +349,17 @@ class Daemon:
     async def _reload_inventory(self) -> None:
         """After a failed commit the in-memory inventory is ahead of the store: rebuild it."""
         self.inventory.clear()
+        self.inventory_stale = True
         await self.store.load_inventory(self.inventory)
+        self.inventory_stale = False
         memory.freeze_long_lived()
+
+    async def _reload_inventory_or_later(self) -> None:
+        """`_reload_inventory`, or, when the store does not answer (the usual reason the
+        commit failed), leave it marked stale: `_catch_up` rebuilds it before the next
+        batch is handled, instead of handling changes against an empty inventory."""
+        with contextlib.suppress(Exception):
+            await self._reload_inventory()
 
     async def consume(self, stop: asyncio.Event) -> None:
         assert self.source is not None
@@ -563,7 +577,7 @@ class Daemon:
             try:
                 await self.store.commit(batch)
             except BaseException:
-                await self._reload_inventory()
+                await self._reload_inventory_or_later()
                 raise
         self.resolver.revision_gaps += len(changes)
         await self.store.set_meta("resynced_at", now_iso())

@@ -20,10 +20,12 @@ from osel.daemon import Daemon
 from osel.health import Health
 from osel.http.app import Context, create_app
 from osel.http.metrics import Metrics
+from osel.pipeline import Item
 from osel.scan_backend import ScanBatch
 from osel.store import queries
 from osel.store.store import Store, unavailable
-from tests.fakes import FakeSource
+from tests import messages as m
+from tests.fakes import FakeNeutron, FakeSource
 from tests.unit.test_daemon import neutron_world, settings, wait_for
 
 # nothing listens on port 1: every connection is refused, as with PostgreSQL stopped
@@ -107,10 +109,12 @@ async def test_a_fault_that_is_not_the_store_being_away_stays_a_500(tmp_path: Pa
     await store.close()
 
 
-async def prepared(tmp_path: Path, *, cap: float) -> Daemon:
+async def prepared(tmp_path: Path, *, cap: float, neutron: FakeNeutron | None = None) -> Daemon:
     """A daemon on a SQLite store, started up, with a fast backoff."""
     daemon = Daemon(
-        settings(tmp_path), neutron=neutron_world(), backoff=BackoffPolicy(initial=0.05, cap=cap)
+        settings(tmp_path),
+        neutron=neutron or neutron_world(),
+        backoff=BackoffPolicy(initial=0.05, cap=cap),
     )
     await daemon.prepare()
     return daemon
@@ -260,3 +264,45 @@ async def test_stopped_while_waiting_for_the_store(tmp_path: Path):
     await wait_for(lambda: daemon.store_outage.attempts >= 2)
     stop.set()
     assert await runner == 0
+
+
+def rule_created(rule_id: str) -> Item:
+    body = m.envelope(
+        m.notification(
+            "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid=rule_id)}
+        )
+    )
+    return Item(body, "amqp", "")
+
+
+async def test_an_inventory_the_store_could_not_reload_is_rebuilt_before_the_next_batch(
+    tmp_path: Path,
+):
+    neutron = neutron_world()
+    daemon = await prepared(tmp_path, cap=0.1, neutron=neutron)  # loaded from Neutron
+    asked = neutron.calls
+    real_commit, real_load = daemon.store.commit, daemon.store.load_inventory
+    away = True
+
+    async def commit(batch: object) -> None:
+        if away:
+            raise refused()
+        await real_commit(batch)  # type: ignore[arg-type]
+
+    async def load_inventory(inventory: object) -> int:
+        if away:
+            raise refused()
+        return await real_load(inventory)  # type: ignore[arg-type]
+
+    daemon.store.commit = commit  # type: ignore[method-assign]
+    daemon.store.load_inventory = load_inventory  # type: ignore[method-assign]
+    with pytest.raises(OperationalError):  # the commit fails, and so does the reload
+        await daemon.process([rule_created("r1")])
+    assert daemon.inventory_stale and not daemon.inventory.ports
+    away = False
+    await daemon.process([rule_created("r2")])
+    assert not daemon.inventory_stale and "p1" in daemon.inventory.ports
+    records = [r for r in await daemon.store.tail(10) if r["record_type"] == "change"]
+    assert [r["affected_ip_address"] for r in records] == ["10.0.0.1", "203.0.113.10"]
+    assert neutron.calls == asked  # judged against the rebuilt inventory, not Neutron
+    await daemon.store.close()
