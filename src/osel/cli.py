@@ -39,7 +39,13 @@ def _settings(config: str | None) -> Settings:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    from osel.store.store import SchemaTooNew
+
+    try:
+        return asyncio.run(coro)
+    except SchemaTooNew as exc:
+        click.echo(f"osel: {exc}", err=True)
+        sys.exit(2)
 
 
 config_option = click.option(

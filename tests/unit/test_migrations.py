@@ -8,11 +8,19 @@ from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from osel.store.store import MIGRATIONS, SCHEMA_REVISION, Store, schema_revision
+from osel.store.store import (
+    MIGRATIONS,
+    SCHEMA_REVISION,
+    SchemaTooNew,
+    Store,
+    known_revisions,
+    schema_revision,
+)
 from osel.store.tables import metadata
 
 
@@ -69,3 +77,31 @@ async def test_an_empty_store_is_migrated_to_the_schema_revision(tmp_path: Path)
         assert set(metadata.tables) <= tables
     finally:
         await s.close()
+
+
+def test_the_known_revisions_are_the_migrations_files():
+    files = sorted(p.name[:4] for p in (Path(MIGRATIONS) / "versions").glob("[0-9]*.py"))
+    assert sorted(known_revisions()) == files and SCHEMA_REVISION in files
+
+
+async def test_a_store_a_newer_osel_migrated_is_refused_in_one_line(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from osel.cli import main
+
+    url = f"sqlite:///{tmp_path}/osel.db"
+    store = Store(url)
+    await store.migrate()
+    async with store.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(SchemaTooNew) as caught:
+        await store.migrate()
+    await store.close()
+    assert caught.value.revision == "0099"
+    config = tmp_path / "osel.yaml"
+    config.write_text(f"store:\n  url: {url}\nscan:\n  backend: dry-run\n")
+    result = await asyncio.to_thread(CliRunner().invoke, main, ["db", "upgrade", "-c", str(config)])
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"osel: the store (store.url={url}) has schema revision 0099")
+    assert f"its newest is {SCHEMA_REVISION}" in line and "restore the store's backup" in line

@@ -249,10 +249,14 @@ class Store:
         command.upgrade(cfg, "head")
 
     async def migrate(self) -> None:
-        """Bring the schema to this version of osel's (nothing to do if it is there)."""
+        """Bring the schema to this version of osel's (nothing to do if it is there).
+        Raises `SchemaTooNew` for a store a newer osel has migrated."""
         async with self.engine.connect() as conn:
-            if await conn.run_sync(schema_revision) == SCHEMA_REVISION:
-                return
+            revision = await conn.run_sync(schema_revision)
+        if revision == SCHEMA_REVISION:
+            return
+        if revision is not None and revision not in known_revisions():
+            raise SchemaTooNew(self.url, revision)
         async with self.begin() as conn:
             await conn.run_sync(lambda c: self.migrate_sync(c))
 
@@ -859,6 +863,29 @@ def _driver_stamp(conn: AsyncConnection, when: datetime) -> datetime | str:
     if conn.dialect.name == "sqlite":
         return when.strftime("%Y-%m-%d %H:%M:%S.%f")
     return when
+
+
+def known_revisions() -> set[str]:
+    """The revisions of this osel's migrations (imports Alembic)."""
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory(MIGRATIONS).walk_revisions()}
+
+
+class SchemaTooNew(Exception):
+    """The store's schema is at a revision this osel does not know: a newer osel
+    migrated it (an upgrade rolled back without restoring the store, or an old instance
+    beside new ones)."""
+
+    def __init__(self, url: str, revision: str) -> None:
+        shown = make_url(url).render_as_string(hide_password=True)
+        super().__init__(
+            f"the store (store.url={shown}) has schema revision {revision}, which this osel "
+            f"does not know (its newest is {SCHEMA_REVISION}): a newer osel upgraded it. Run "
+            "that newer version, or restore the store's backup from before the upgrade "
+            "(docs/deploying.md, Upgrading)"
+        )
+        self.revision = revision
 
 
 def schema_revision(connection: Connection) -> str | None:
