@@ -48,6 +48,14 @@ ROWS = [
         "duplicated {records_duplicated}",
     ),
     (
+        "two instances on one PostgreSQL store, PostgreSQL refused longer than a lease",
+        "store_outage_two_instances-postgresql",
+        "{outage_seconds} s (lease {lease_seconds} s), {relevant} relevant of {notifications} "
+        "notifications: every change recorded once, {records} records, delivered twice "
+        "{records_delivered_twice}; log lines during the outage per instance "
+        "{outage_log_lines_per_instance}",
+    ),
+    (
         "connections cut while publishing",
         "broker_faults",
         "{connection_cuts} cuts, {relevant} relevant of {notifications} notifications: "

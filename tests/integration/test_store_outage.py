@@ -8,6 +8,7 @@ file of the machine osel runs on.)
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -140,3 +141,79 @@ def test_a_postgresql_outage_at_start_and_under_traffic(group, tmp_path: Path):
             proxy.close()
             if starting.is_alive():
                 starting.join(60)
+
+
+@pytest.mark.timeout(300)
+def test_two_instances_through_a_postgresql_outage(group, tmp_path: Path):
+    """Two instances on one queue and one store; PostgreSQL refused for longer than the
+    sink's lease while notifications keep coming."""
+    sg_id, ips = group
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    cap, outage = 2.0, 12.0
+    with postgres_database() as url:
+        proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        audit = tmp_path / "audit.jsonl"  # one sink id, one cursor: the instances take turns
+        service = {"backoff_initial_seconds": 0.2, "backoff_cap_seconds": cap, "lease_seconds": 5}
+        first = OselProcess(
+            tmp_path / "a",
+            store_url=proxied,
+            window_seconds=0,
+            instance="osel-a",
+            audit=audit,
+            extra={"service": service},
+        )
+        second = OselProcess(
+            tmp_path / "b",
+            store_url=proxied,
+            window_seconds=0,
+            instance="osel-b",
+            audit=audit,
+            queue=first.queue,
+            extra={"service": service},
+        )
+        fleet = [first, second]
+        try:
+            for osel in fleet:
+                osel.start()
+            sent = traffic(sg_id, 100)
+            publish(fleet[0].queue, sent)
+            time.sleep(0.3)  # some of it committed, some not yet
+            chars = [len(o.log.read_text(errors="replace")) for o in fleet]
+            proxy.refuse(True)
+            during = traffic(sg_id, 100)
+            publish(fleet[0].queue, during)
+            sent += during
+            time.sleep(outage)
+            assert all(o.proc is not None and o.proc.poll() is None for o in fleet)
+            outage_lines = [len(log_lines(o, c)) for o, c in zip(fleet, chars, strict=True)]
+            proxy.refuse(False)
+            records = wait_drained(fleet[0], relevant_ids(sent))
+            exactly_once(records, relevant_ids(sent), len(ips))
+            delivered: list[str] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                lines = audit.read_text().splitlines() if audit.exists() else []
+                delivered = [json.loads(line)["record_id"] for line in lines]
+                if len(set(delivered)) == len(records):
+                    break
+                time.sleep(0.3)
+            assert sorted(delivered) == sorted(r["record_id"] for r in records)  # once each
+            for count in outage_lines:  # the consumer, the scheduler, the sink: 3 loops
+                assert count <= 3 * (outage / cap + 2), outage_lines
+            report(
+                "store_outage_two_instances",
+                {
+                    "outage_seconds": outage,
+                    "lease_seconds": service["lease_seconds"],
+                    "outage_log_lines_per_instance": outage_lines,
+                    "relevant": len(relevant_ids(sent)),
+                    "notifications": len(sent),
+                    "records": len(records),
+                    "records_delivered_twice": len(delivered) - len(set(delivered)),
+                },
+                url,
+            )
+        finally:
+            for osel in fleet:
+                osel.close()
+            proxy.close()
