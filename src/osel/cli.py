@@ -437,8 +437,6 @@ def _with_store(settings: Settings, fn: Callable[[Any], Coroutine[Any, Any, T]])
 
 def _run_on_store(settings: Settings, coro: Coroutine[Any, Any, T]) -> T:
     """`_run`, with a store out of reach said in one line (exit status 1), not a traceback."""
-    from sqlalchemy.engine import make_url
-
     from osel.backoff import describe_error
     from osel.store.store import unavailable
 
@@ -447,9 +445,9 @@ def _run_on_store(settings: Settings, coro: Coroutine[Any, Any, T]) -> T:
     except Exception as exc:
         if not unavailable(exc):
             raise
-        url = make_url(settings.store.url.get_secret_value()).render_as_string(hide_password=True)
-        click.echo(
-            f"osel: the store does not answer (store.url={url}): {describe_error(exc)}; "
+        click.echo(  # str() of the SecretUrl masks its passwords
+            f"osel: the store does not answer (store.url={settings.store.url}): "
+            f"{describe_error(exc)}; "
             "check that the database runs and is reachable from here, and store.url",
             err=True,
         )

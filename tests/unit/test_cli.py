@@ -168,7 +168,7 @@ def test_a_store_that_does_not_answer_is_one_line_naming_store_url(
     assert result.exit_code == 1, result.output
     (line,) = result.output.splitlines()
     assert line.startswith(
-        "osel: the store does not answer (store.url=postgresql://osel:***@127.0.0.1:1/osel): "
+        "osel: the store does not answer (store.url=postgresql://osel:********@127.0.0.1:1/osel): "
         "OperationalError"
     )
     assert "check that the database runs" in line and "MARKER-pw" not in result.output

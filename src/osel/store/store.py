@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from osel.config import mask_url
 from osel.decide import Decision, WindowOp
 from osel.inventory import Dirty, Inventory
 from osel.model import AddressGroup, FloatingIP, Port, Rule, SecurityGroup
@@ -878,12 +879,11 @@ class SchemaTooNew(Exception):
     beside new ones)."""
 
     def __init__(self, url: str, revision: str) -> None:
-        shown = make_url(url).render_as_string(hide_password=True)
         super().__init__(
-            f"the store (store.url={shown}) has schema revision {revision}, which this osel "
-            f"does not know (its newest is {SCHEMA_REVISION}): a newer osel upgraded it. Run "
-            "that newer version, or restore the store's backup from before the upgrade "
-            "(docs/deploying.md, Upgrading)"
+            f"the store (store.url={mask_url(url)}) has schema revision {revision}, which "
+            f"this osel does not know (its newest is {SCHEMA_REVISION}): a newer osel upgraded "
+            "it. Run that newer version, or restore the store's backup from before the "
+            "upgrade (docs/deploying.md, Upgrading)"
         )
         self.revision = revision
 
