@@ -17,6 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.neutron_fixtures import unique
 from tests.integration.osel_process import OselProcess
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_resilience import (
@@ -154,24 +155,19 @@ def test_two_instances_through_a_postgresql_outage(group, tmp_path: Path):
         proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         audit = tmp_path / "audit.jsonl"  # one sink id, one cursor: the instances take turns
         service = {"backoff_initial_seconds": 0.2, "backoff_cap_seconds": cap, "lease_seconds": 5}
-        first = OselProcess(
-            tmp_path / "a",
-            store_url=proxied,
-            window_seconds=0,
-            instance="osel-a",
-            audit=audit,
-            extra={"service": service},
-        )
-        second = OselProcess(
-            tmp_path / "b",
-            store_url=proxied,
-            window_seconds=0,
-            instance="osel-b",
-            audit=audit,
-            queue=first.queue,
-            extra={"service": service},
-        )
-        fleet = [first, second]
+        queue = unique("queue")
+        fleet = [
+            OselProcess(
+                tmp_path / name,
+                store_url=proxied,
+                window_seconds=0,
+                instance=f"osel-{name}",
+                audit=audit,
+                queue=queue,  # one queue: RabbitMQ spreads the messages over both
+                extra={"service": service},
+            )
+            for name in ("a", "b")
+        ]
         try:
             for osel in fleet:
                 osel.start()
