@@ -56,6 +56,13 @@ ROWS = [
         "{outage_log_lines_per_instance}",
     ),
     (
+        "PostgreSQL restarted: every pooled connection ended while osel idled",
+        "store_restart-postgresql",
+        "{connections_ended} connections ended; then {relevant} relevant of {notifications} "
+        "notifications: {log_lines_after} log lines, lost {records_lost}, duplicated "
+        "{records_duplicated}",
+    ),
+    (
         "connections cut while publishing",
         "broker_faults",
         "{connection_cuts} cuts, {relevant} relevant of {notifications} notifications: "

@@ -196,6 +196,7 @@ class Daemon:
         self.health = Health()
         self.metrics = Metrics(self.health)
         self.caught_up = False
+        self.started = False  # prepared: the store answered and the inventory is loaded
         # the in-memory inventory was cleared to be rebuilt and the store did not answer:
         # it is rebuilt before the next batch is handled (see _reload_inventory)
         self.inventory_stale = False
@@ -493,9 +494,12 @@ class Daemon:
 
     async def ready(self) -> dict[str, bool]:
         """The checks of /readyz."""
-        checks = {"neutron": self.health.is_up("neutron", within=300)}
+        checks = {"started": self.started, "neutron": self.health.is_up("neutron", within=300)}
         if self.settings.amqp.enabled:
             checks["amqp"] = bool(getattr(self.source, "connected", False))
+        if not self.started:  # waiting for the store, or migrating it: not probed meanwhile
+            checks["store"] = self.health.is_up("store")
+            return checks
         try:
             await asyncio.wait_for(self.store.set_meta("ready_probe", now_iso()), timeout=5)
             checks["store"] = True
@@ -532,6 +536,7 @@ class Daemon:
             instance=self.instance,
             extra_routes=[aodh_routes(self.settings, self.neutron, self.process)],
             refresh=self.refresh_metrics,
+            started=lambda: self.started,
         )
         http = self.settings.http
         return HttpServer(create_app(ctx), http.host, http.port)
@@ -587,11 +592,34 @@ class Daemon:
     # --- lifetime ------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
+        inner = asyncio.Event()
+        # the HTTP endpoint answers from the start: /healthz, /readyz and /metrics while
+        # osel waits for the store; the rest 503 until the inventory is loaded
+        http = (
+            asyncio.create_task(self.http_server().run(inner), name="http")
+            if self.settings.http.enabled
+            else None
+        )
+        preparing = asyncio.create_task(self._prepare_when_the_store_answers(stop))
+        watched = {preparing, http} if http is not None else {preparing}
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        if http is not None and http.done() and http.exception() is not None:
+            preparing.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await preparing
+            log.error("%s stopped: %r; shutting down", http.get_name(), http.exception())
+            return 1
         try:
-            await self._prepare_when_the_store_answers(stop)
-        except Stopped:
+            await preparing
+        except BaseException as exc:
+            inner.set()
+            if http is not None:
+                await asyncio.wait({http}, timeout=5)
+            if not isinstance(exc, Stopped):
+                raise
             log.info("osel %s stopped before the store answered", self.instance)
             return 0
+        self.started = True
         workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         if self.settings.amqp.enabled:
             if self.source is None:
@@ -607,10 +635,10 @@ class Daemon:
             self.policy_expiry,
             self.housekeeping,
         ]
-        if self.settings.http.enabled:
-            workers.append(self.http_server().run)
         inner = asyncio.Event()
         tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in workers]
+        if http is not None:
+            tasks.append(http)
         tasks += [
             asyncio.create_task(self.outbox.run_sink(s, inner), name=s.sink_id)
             for s in self.outbox.sinks

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,7 +29,7 @@ from tests.integration.test_resilience import (
     traffic,
     wait_drained,
 )
-from tests.pg import postgres_database
+from tests.pg import ADMIN_URL, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +76,13 @@ def test_a_postgresql_outage_at_start_and_under_traffic(group, tmp_path: Path):
             osel.wait_for_log("store down", timeout=30)
             time.sleep(3 * cap)
             assert osel.proc is not None and osel.proc.poll() is None, osel.tail()
+            # its HTTP endpoint is up meanwhile: alive, not ready, the API not yet
+            assert httpx.get(f"{osel.http_url}/healthz", timeout=10).status_code == 200
+            ready = httpx.get(f"{osel.http_url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["started"] is False
+            assert store_up(osel) == 0.0
+            api = httpx.get(f"{osel.http_url}/v1/changes", timeout=10)
+            assert api.status_code == 503 and "starting" in api.json()["error"]
             waiting = log_lines(osel, 0)
             proxy.refuse(False)
             starting.join(60)
@@ -213,3 +221,56 @@ def test_two_instances_through_a_postgresql_outage(group, tmp_path: Path):
             for osel in fleet:
                 osel.close()
             proxy.close()
+
+
+def terminate_connections(url: str) -> int:
+    """What a PostgreSQL restart or fail-over does to osel's pooled connections: the
+    server ends them, and osel finds out when it next uses one."""
+    database = url.rsplit("/", 1)[1]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+    return len(rows)
+
+
+@pytest.mark.timeout(300)
+def test_connections_ended_by_a_postgresql_restart(group, tmp_path: Path):
+    """Every pooled connection ended at once, as a restart does, while osel is idle:
+    the next batch, scan round and sink round find them dead."""
+    sg_id, ips = group
+    with postgres_database() as url:
+        osel = OselProcess(tmp_path, store_url=url, window_seconds=0, http=True)
+        try:
+            osel.start()
+            sent = traffic(sg_id, 40)
+            publish(osel.queue, sent)
+            wait_drained(osel, relevant_ids(sent))
+            time.sleep(1)  # the scheduler and the sinks done: every connection idle
+            log_chars = len(osel.log.read_text(errors="replace"))
+            ended = terminate_connections(url)
+            assert ended >= 1
+            after = traffic(sg_id, 40)
+            publish(osel.queue, after)
+            sent += after
+            records = wait_drained(osel, relevant_ids(sent))
+            exactly_once(records, relevant_ids(sent), len(ips))
+            lines = log_lines(osel, log_chars)
+            assert not any("Traceback" in line for line in lines), lines
+            assert not any(" down: " in line for line in lines), lines  # nothing failed
+            report(
+                "store_restart",
+                {
+                    "connections_ended": ended,
+                    "log_lines_after": len(lines),
+                    "notifications": len(after),
+                    "relevant": len(relevant_ids(after)),
+                    "records_lost": 0,
+                    "records_duplicated": 0,
+                },
+                url,
+            )
+        finally:
+            osel.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +31,15 @@ from tests.unit.test_daemon import neutron_world, settings, wait_for
 
 # nothing listens on port 1: every connection is refused, as with PostgreSQL stopped
 REFUSED = "postgresql://osel@127.0.0.1:1/osel"
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """A sample of a Prometheus text exposition."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} is missing")
 
 
 def refused() -> OperationalError:
@@ -83,13 +93,8 @@ async def test_the_api_answers_503_and_metrics_still_render_while_the_store_is_a
     assert (await away.get("/v1/scans")).status_code == 503
     metrics = await away.get("/metrics")
     assert metrics.status_code == 200
-    samples = {
-        (s.name, tuple(s.labels.items())): s.value
-        for family in text_string_to_metric_families(metrics.text)
-        for s in family.samples
-    }
-    assert samples[("osel_dependency_up", (("dependency", "store"),))] == 0.0
-    assert samples[("osel_scan_targets_total", ())] == 3.0
+    assert value(metrics.text, "osel_dependency_up", dependency="store") == 0.0
+    assert value(metrics.text, "osel_scan_targets_total") == 3.0
 
 
 async def test_a_fault_that_is_not_the_store_being_away_stays_a_500(tmp_path: Path):
@@ -306,3 +311,79 @@ async def test_an_inventory_the_store_could_not_reload_is_rebuilt_before_the_nex
     assert [r["affected_ip_address"] for r in records] == ["10.0.0.1", "203.0.113.10"]
     assert neutron.calls == asked  # judged against the rebuilt inventory, not Neutron
     await daemon.store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def waiting_daemon(tmp_path: Path, port: int) -> Daemon:
+    config = Settings.model_validate(
+        {
+            "scan": {"backend": "dry-run"},
+            "store": {"url": REFUSED},
+            "audit": {"sinks": [{"type": "file", "path": str(tmp_path / "audit.jsonl")}]},
+            "openstack": {"resync_minutes": 0},
+            "http": {"bind": f"127.0.0.1:{port}", "aodh_token": "s3cret"},
+        }
+    )
+    return Daemon(
+        config,
+        neutron=neutron_world(),
+        source=FakeSource(),
+        backoff=BackoffPolicy(initial=0.05, cap=0.1),
+    )
+
+
+async def test_the_http_endpoint_answers_while_osel_waits_for_the_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, "osel.http.app")
+    port = free_port()
+    daemon = waiting_daemon(tmp_path, port)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    await wait_for(lambda: daemon.store_outage.attempts >= 2)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {
+            "started": False,
+            "neutron": False,
+            "amqp": False,
+            "store": False,
+        }
+        metrics = await client.get("/metrics")
+        assert metrics.status_code == 200
+        assert value(metrics.text, "osel_dependency_up", dependency="store") == 0.0
+        changes = await client.get("/v1/changes")
+        assert changes.status_code == 503 and changes.headers["retry-after"] == "10"
+        assert changes.json()["error"].startswith("osel is starting")
+        page = await client.get("/status")
+        assert page.status_code == 503 and "starting" in page.text
+        for _ in range(3):  # an Aodh event would be judged against no inventory yet
+            aodh = await client.post("/v1/aodh/anything", content=b"{}")
+            assert aodh.status_code == 503
+    warned = [r for r in caplog.records if "Aodh webhook called while osel starts" in r.message]
+    assert len(warned) == 1
+    assert not runner.done()
+    stop.set()
+    assert await runner == 0
+    async with httpx.AsyncClient() as client:  # and it stopped with osel
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+async def test_an_http_address_taken_while_waiting_for_the_store_stops_osel(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.ERROR, "osel.daemon")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        daemon = waiting_daemon(tmp_path, taken.getsockname()[1])
+        assert await asyncio.wait_for(daemon.run(asyncio.Event()), timeout=10) == 1
+    assert "cannot listen there" in caplog.text and "http stopped" in caplog.text

@@ -6,6 +6,7 @@ loopback by default (`http.bind`). The OpenAPI document is at /openapi.json.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,8 @@ from osel.http.metrics import Metrics
 from osel.store import queries
 from osel.store.store import Store, unavailable
 
+log = logging.getLogger(__name__)
+
 Lag = dict[str, dict[str, float | int | None]]
 
 
@@ -39,6 +42,9 @@ class Context:
     instance: str = ""
     extra_routes: list[Callable[[FastAPI], None]] = field(default_factory=list)
     refresh: Callable[[], Awaitable[None]] | None = None  # before /metrics renders
+    # False while the daemon waits for the store and loads its inventory: only the
+    # probes and /metrics answer then (see _while_starting)
+    started: Callable[[], bool] = lambda: True
 
 
 class ChangeRecord(BaseModel):
@@ -94,6 +100,23 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 Text = Annotated[str | None, Query(max_length=255, pattern=r"^[^\x00]*$")]
 
 
+RETRY_AFTER = {"Retry-After": "10"}
+# what answers while the daemon starts: the rest needs the store and the inventory
+ANSWER_WHILE_STARTING = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+
+
+def _unavailable(request: Request, title: str, error: str) -> Response:
+    """A 503 that says why, as a page for /status and as JSON elsewhere."""
+    if request.url.path == "/status":
+        page = (
+            f"<!doctype html><title>osel: {title}</title><h1>osel: {title}</h1><p>This "
+            "page needs the store; it comes back when the store does. /healthz, /readyz "
+            "and /metrics still answer."
+        )
+        return HTMLResponse(page, status_code=503, headers=RETRY_AFTER)
+    return JSONResponse({"error": error}, 503, RETRY_AFTER)
+
+
 def _store_away(ctx: Context) -> Callable[[Request, Exception], Awaitable[Response]]:
     """The handler of store errors in requests."""
 
@@ -104,15 +127,9 @@ def _store_away(ctx: Context) -> Callable[[Request, Exception], Awaitable[Respon
             raise exc
         error = describe_error(exc)
         ctx.health.report("store", False, error)
-        headers = {"Retry-After": "10"}
-        if request.url.path == "/status":
-            page = (
-                "<!doctype html><title>osel: store unavailable</title>"
-                "<h1>osel's store does not answer</h1><p>This page needs the store; it "
-                "comes back when the store does. /healthz, /readyz and /metrics still answer."
-            )
-            return HTMLResponse(page, status_code=503, headers=headers)
-        return JSONResponse({"error": f"the store does not answer: {error}"}, 503, headers)
+        return _unavailable(
+            request, "the store does not answer", f"the store does not answer: {error}"
+        )
 
     return store_away
 
@@ -120,6 +137,8 @@ def _store_away(ctx: Context) -> Callable[[Request, Exception], Awaitable[Respon
 async def _store_gauges(ctx: Context) -> None:
     """Set the gauges read from the store. While it is out of reach they keep their last
     values: the counters and osel_dependency_up{dependency="store"} 0 are what matters."""
+    if not ctx.started():
+        return  # the store may not answer yet, or not have its tables
     try:
         if ctx.refresh is not None:
             await ctx.refresh()
@@ -140,8 +159,30 @@ def create_app(ctx: Context) -> FastAPI:
     )
 
     store_away = _store_away(ctx)
+    refused_aodh: list[str] = []  # warned once: the first Aodh call refused while starting
     app.add_exception_handler(DBAPIError, store_away)
     app.add_exception_handler(PoolTimeout, store_away)
+
+    @app.middleware("http")
+    async def while_starting(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """503 with Retry-After for what needs the store until the daemon has started:
+        an Aodh event judged against an inventory not loaded yet would be wrong."""
+        path = request.url.path
+        if ctx.started() or path in ANSWER_WHILE_STARTING:
+            return await call_next(request)
+        if path.startswith("/v1/aodh") and not refused_aodh:
+            refused_aodh.append(path)
+            log.warning(
+                "Aodh webhook called while osel starts: answered 503 (Aodh does not retry); "
+                "the next re-sync records the change (openstack.resync_minutes)"
+            )
+        return _unavailable(
+            request,
+            "starting",
+            "osel is starting: it is waiting for the store, or loading its inventory",
+        )
 
     @app.get("/healthz", summary="The process is alive")
     async def healthz() -> dict[str, str]:

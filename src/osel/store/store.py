@@ -211,6 +211,11 @@ class Store:
                 "max_overflow": 2,
                 "connect_args": {"cached_statements": SQLITE_STATEMENT_CACHE},
             }
+        else:
+            # a restarted or failed-over PostgreSQL has ended the pooled connections:
+            # each is tried (one round trip) when taken from the pool, and replaced if
+            # dead, rather than failing the batch or the round that took it
+            sizing = {"pool_pre_ping": True}
         self.engine: AsyncEngine = create_async_engine(async_url, echo=echo, **sizing)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
