@@ -117,18 +117,21 @@ def test_sigterm_finishes_in_flight_work_and_exits_0_within_10s(
     group, tmp_path: Path, store_url: str
 ):
     sg_id, ips = group
-    osel = OselProcess(tmp_path, store_url=store_url)
+    osel = OselProcess(tmp_path, store_url=store_url, http=True)  # as deployed
     try:
         osel.start()
         bodies = traffic(sg_id, 300)
         publish(osel.queue, bodies)
         time.sleep(0.5)
         assert osel.proc is not None
+        log_chars = len(osel.log.read_text(errors="replace"))
         started = time.monotonic()
         osel.proc.send_signal(signal.SIGTERM)
         assert osel.wait_exit(15) == 0
         took = time.monotonic() - started
         assert took < 10, took
+        stopping = osel.log.read_text(errors="replace")[log_chars:]
+        assert "[error" not in stopping and "Traceback" not in stopping, stopping
         osel.start()
         records = wait_drained(osel, relevant_ids(bodies))
         exactly_once(records, relevant_ids(bodies), len(ips))

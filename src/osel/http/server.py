@@ -6,11 +6,21 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave SIGTERM and SIGINT to osel: uvicorn's own handlers would stop the
+        server ahead of the daemon, which then saw it end as a failure (an error with a
+        traceback on every stop). osel stops it through `HttpServer.run`'s event."""
+        yield
 
 
 class HttpServer:
@@ -24,7 +34,7 @@ class HttpServer:
             lifespan="off",
             server_header=False,
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         self.host = host
         self.port = port
 
