@@ -63,6 +63,13 @@ ROWS = [
         "{records_duplicated}",
     ),
     (
+        "PostgreSQL hangs: connections open, nothing answered",
+        "store_hang-postgresql",
+        "{hang_seconds} s: {log_lines} log lines, the slowest `/metrics` or `/readyz` answer "
+        "{slowest_answer_seconds} s; {relevant} relevant of {notifications} notifications: "
+        "lost {records_lost}, duplicated {records_duplicated}",
+    ),
+    (
         "connections cut while publishing",
         "broker_faults",
         "{connection_cuts} cuts, {relevant} relevant of {notifications} notifications: "

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from osel import memory
@@ -22,7 +23,7 @@ from osel.decide import Rules, decide, now_iso
 from osel.decode import EventFilter
 from osel.faults import crash_point
 from osel.handlers import HANDLERS
-from osel.health import Health
+from osel.health import Bounded, Health
 from osel.http.app import Context, create_app
 from osel.http.metrics import Metrics
 from osel.http.server import HttpServer
@@ -43,6 +44,19 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PROBE_ID = "00000000-0000-0000-0000-000000000000"  # asked for to see that Neutron answers
+
+
+# what a batch, or the start, waits for (watch_waits)
+STORE = "the store"
+STORE_OR_NEUTRON = "the store or Neutron"
+LOCK = "the inventory lock (another instance holds it, or the store does not answer)"
+
+
+@dataclass(slots=True, eq=False)
+class Waiting:
+    doing: str  # "a batch of 1000 message(s)", "start-up"
+    what: str
+    since: float  # time.monotonic()
 
 
 class Source(Protocol):
@@ -144,6 +158,8 @@ def build_source(settings: Settings, backoff: BackoffPolicy) -> Source:
 
 
 class Daemon:
+    stuck_seconds = 30.0  # a wait of the batch in hand this long is logged (watch_waits)
+
     def __init__(
         self,
         settings: Settings,
@@ -197,6 +213,8 @@ class Daemon:
         self.metrics = Metrics(self.health)
         self.caught_up = False
         self.started = False  # prepared: the store answered and the inventory is loaded
+        self.ready_probe = Bounded(5.0)  # /readyz's write to the store, 5 s at most
+        self.waiting: Waiting | None = None  # what the batch in hand waits for (watch_waits)
         # the in-memory inventory was cleared to be rebuilt and the store did not answer:
         # it is rebuilt before the next batch is handled (see _reload_inventory)
         self.inventory_stale = False
@@ -207,9 +225,15 @@ class Daemon:
 
     async def prepare(self, *, initial_sync: bool = True) -> None:
         """Migrate the store, load the inventory, sync from Neutron on a first start."""
-        await self.store.migrate()
-        async with self.store.exclusive():
-            await self._prepare_inventory(initial_sync)
+        try:
+            self._wait("start-up", STORE)
+            await self.store.migrate()
+            self._wait("start-up", LOCK if self.store.dialect != "sqlite" else STORE)
+            async with self.store.exclusive():
+                self._wait("start-up", STORE_OR_NEUTRON)
+                await self._prepare_inventory(initial_sync)
+        finally:
+            self.waiting = None
         memory.freeze_long_lived()
 
     async def _prepare_when_the_store_answers(self, stop: asyncio.Event) -> None:
@@ -270,20 +294,27 @@ class Daemon:
         started = time.monotonic()
         handled = might_change_inventory(items, self.pipeline.filter)
         guard = self.store.exclusive() if handled else contextlib.nullcontext()
+        doing = f"a batch of {len(items)} message(s)"
+        self._wait(doing, LOCK if handled and self.store.dialect != "sqlite" else STORE)
         async with self.lock, guard:
             batch = Batch()
             try:
+                self._wait(doing, STORE)
                 if handled:
                     await self._catch_up()
+                self._wait(doing, STORE_OR_NEUTRON)
                 stats = await self.pipeline.process(items, batch)
                 batch.dirty = self.inventory.take_dirty()
                 crash_point("before_commit")
+                self._wait(doing, STORE)
                 await self.store.commit(batch)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     self.health.report("store", False, describe_error(exc))
                 await self._reload_inventory_or_later()
                 raise
+            finally:
+                self.waiting = None
         self.health.report("store", True)
         if batch.quarantined:
             await self._dead_letter(batch.quarantined)
@@ -332,6 +363,48 @@ class Daemon:
             memory.freeze_long_lived()
         if self.store.dialect != "sqlite" and not self.pipeline.deferring:
             self.pipeline.deferring = await self.store.deferred_count() > 0
+
+    def _wait(self, doing: str, what: str) -> None:
+        self.waiting = Waiting(doing, what, time.monotonic())
+
+    async def watch_waits(self, stop: asyncio.Event) -> None:
+        """Say so when the batch in hand (or the start) waits long on the store or the
+        inventory lock: a PostgreSQL that hangs answers nothing and closes nothing, and
+        an instance that is frozen (not dead) keeps the lock, so no error ever comes."""
+        warned: Waiting | None = None  # the wait that was logged
+        said = 0.0
+        while not stop.is_set():
+            await _sleep(stop, 1.0)
+            waiting, now = self.waiting, time.monotonic()
+            if warned is not None and waiting is not warned:
+                log.info(
+                    "%s waited about %.0f s for %s, and goes on",
+                    warned.doing,
+                    now - warned.since,
+                    warned.what,
+                )
+                warned = None
+            if waiting is None or now - waiting.since < self.stuck_seconds:
+                continue
+            if warned is None:
+                warned, said = waiting, now
+                log.warning(
+                    "%s has waited %.0f s for %s; it goes on waiting, and nothing is "
+                    "acknowledged or lost meanwhile",
+                    waiting.doing,
+                    now - waiting.since,
+                    waiting.what,
+                )
+                if waiting.what != LOCK:
+                    self.health.report("store", False, f"no answer for {now - waiting.since:.0f} s")
+            elif now - said >= self.backoff.cap:
+                said = now
+                log.warning(
+                    "%s still waiting for %s after %.0f s",
+                    waiting.doing,
+                    waiting.what,
+                    now - waiting.since,
+                )
 
     async def housekeeping(self, stop: asyncio.Event, every: float = 60.0) -> None:
         """Every minute, give freed memory back to the system; every ten, trim the
@@ -501,7 +574,7 @@ class Daemon:
             checks["store"] = self.health.is_up("store")
             return checks
         try:
-            await asyncio.wait_for(self.store.set_meta("ready_probe", now_iso()), timeout=5)
+            await self.ready_probe(lambda: self.store.set_meta("ready_probe", now_iso()))
             checks["store"] = True
             self.health.report("store", True)
         except Exception as exc:
@@ -600,6 +673,7 @@ class Daemon:
             if self.settings.http.enabled
             else None
         )
+        watch = asyncio.create_task(self.watch_waits(inner), name="watch_waits")
         preparing = asyncio.create_task(self._prepare_when_the_store_answers(stop))
         watched = {preparing, http} if http is not None else {preparing}
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -608,13 +682,14 @@ class Daemon:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await preparing
             log.error("%s stopped: %r; shutting down", http.get_name(), http.exception())
+            inner.set()
+            await watch
             return 1
         try:
             await preparing
         except BaseException as exc:
             inner.set()
-            if http is not None:
-                await asyncio.wait({http}, timeout=5)
+            await asyncio.wait({watch, http} if http is not None else {watch}, timeout=5)
             if not isinstance(exc, Stopped):
                 raise
             log.info("osel %s stopped before the store answered", self.instance)
@@ -637,6 +712,7 @@ class Daemon:
         ]
         inner = asyncio.Event()
         tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in workers]
+        tasks.append(watch)
         if http is not None:
             tasks.append(http)
         tasks += [

@@ -1,13 +1,18 @@
 """What osel knows about its dependencies: up or down, since when, last error.
 
 The loops report into one `Health`; `/readyz`, `/metrics` and the status page
-read it. Nothing here does I/O.
+read it; `Bounded` keeps them from waiting on a dependency that hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -44,3 +49,25 @@ class Health:
             name: {"up": s.up, "since": s.since, "checked": s.checked, "error": s.error}
             for name, s in sorted(self.deps.items())
         }
+
+
+class Bounded:
+    """Runs an awaitable in the background and waits for it at most `timeout` seconds,
+    so that a store that hangs (it answers nothing and closes nothing) cannot hang the
+    HTTP answers that ask it something. What timed out goes on in the background, and
+    the next call waits for it again instead of starting another: at most one at a
+    time."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._task: asyncio.Future[Any] | None = None
+
+    async def __call__(self, start: Callable[[], Awaitable[T]]) -> T:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(start())
+        task = self._task
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        if not done:
+            raise TimeoutError(f"no answer within {self.timeout:g} s")
+        self._task = None
+        return cast(T, task.result())

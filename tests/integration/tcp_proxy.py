@@ -10,7 +10,9 @@ from contextlib import suppress
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to `target`. `cut()` drops every live connection;
-    `refuse(True)` closes new ones at once (the broker looks down)."""
+    `refuse(True)` closes new ones at once (the broker looks down); `stall(True)` holds
+    every byte, in live connections and new ones, until `stall(False)` (the server
+    hangs: its connections stay open and nothing comes back)."""
 
     def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
         self.target = target
@@ -23,6 +25,8 @@ class TcpProxy:
         self.live: set[socket.socket] = set()
         self.lock = threading.Lock()
         self.closed = False
+        self.flowing = threading.Event()
+        self.flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -39,6 +43,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 5 s were for connecting; idle is not an error
             with self.lock:
                 self.live.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
@@ -47,6 +52,9 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with suppress(OSError):
             while data := src.recv(65536):
+                while not self.flowing.wait(0.1):
+                    if self.closed:
+                        return
                 dst.sendall(data)
         for s in (src, dst):
             with suppress(OSError):
@@ -77,7 +85,14 @@ class TcpProxy:
         if on:
             self.cut()
 
+    def stall(self, on: bool) -> None:
+        if on:
+            self.flowing.clear()
+        else:
+            self.flowing.set()
+
     def close(self) -> None:
         self.closed = True
+        self.flowing.set()
         self.cut()
         self.listener.close()

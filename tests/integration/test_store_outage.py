@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from osel.store.store import INVENTORY_LOCK
 from tests.integration.neutron_fixtures import unique
 from tests.integration.osel_process import OselProcess
 from tests.integration.tcp_proxy import TcpProxy
@@ -227,12 +228,13 @@ def terminate_connections(url: str) -> int:
     """What a PostgreSQL restart or fail-over does to osel's pooled connections: the
     server ends them, and osel finds out when it next uses one."""
     database = url.rsplit("/", 1)[1]
+    others = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        ).fetchall()
+        rows = conn.execute(f"SELECT pg_terminate_backend(pid) {others}", (database,)).fetchall()
+        deadline = time.monotonic() + 10  # the backends end a moment after the signal
+        while conn.execute(f"SELECT count(*) {others}", (database,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the backends did not end"
+            time.sleep(0.05)
     return len(rows)
 
 
@@ -242,13 +244,15 @@ def test_connections_ended_by_a_postgresql_restart(group, tmp_path: Path):
     the next batch, scan round and sink round find them dead."""
     sg_id, ips = group
     with postgres_database() as url:
-        osel = OselProcess(tmp_path, store_url=url, window_seconds=0, http=True)
+        # the scan scheduler looks for due targets every 5 s, not every 0.2 s: a real
+        # restart fails the statements in flight, and this test is about idle ones
+        osel = OselProcess(tmp_path, store_url=url, window_seconds=20, http=True)
         try:
             osel.start()
             sent = traffic(sg_id, 40)
             publish(osel.queue, sent)
             wait_drained(osel, relevant_ids(sent))
-            time.sleep(1)  # the scheduler and the sinks done: every connection idle
+            time.sleep(1)  # the sinks done: every connection idle
             log_chars = len(osel.log.read_text(errors="replace"))
             ended = terminate_connections(url)
             assert ended >= 1
@@ -272,5 +276,100 @@ def test_connections_ended_by_a_postgresql_restart(group, tmp_path: Path):
                 },
                 url,
             )
+        finally:
+            osel.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_postgresql_that_hangs(group, tmp_path: Path):
+    """PostgreSQL stops answering without closing anything (a stuck disk, a frozen
+    machine behind a live proxy): no error ever comes. osel says what its batch waits
+    for, keeps /metrics and /readyz answering, and loses nothing when it answers."""
+    sg_id, ips = group
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    with postgres_database() as url:
+        osel = OselProcess(
+            tmp_path,
+            store_url=url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"),
+            window_seconds=0,
+            http=True,
+        )
+        try:
+            osel.start()
+            sent = traffic(sg_id, 40)
+            publish(osel.queue, sent)
+            wait_drained(osel, relevant_ids(sent))
+            log_chars = len(osel.log.read_text(errors="replace"))
+            proxy.stall(True)
+            during = traffic(sg_id, 40)
+            publish(osel.queue, during)
+            sent += during
+            began = time.monotonic()
+            answers: dict[str, set[int]] = {"/metrics": set(), "/readyz": set()}
+            slowest = 0.0
+            while time.monotonic() - began < 40:  # longer than the 30 s osel waits quietly
+                for path, codes in answers.items():
+                    asked = time.monotonic()
+                    codes.add(httpx.get(f"{osel.http_url}{path}", timeout=9).status_code)
+                    slowest = max(slowest, time.monotonic() - asked)
+                time.sleep(2)
+            stalled_up = store_up(osel)
+            lines = log_lines(osel, log_chars)
+            log_chars = len(osel.log.read_text(errors="replace"))
+            proxy.stall(False)
+            records = wait_drained(osel, relevant_ids(sent))
+            exactly_once(records, relevant_ids(sent), len(ips))
+            osel.wait_for_log("and goes on", after=log_chars, timeout=10)
+
+            # the endpoint answered throughout, within its bounds (3 s and 5 s)
+            assert answers == {"/metrics": {200}, "/readyz": {503}}, answers
+            assert slowest < 6.5, slowest
+            assert stalled_up == 0.0
+            # said once what the batch waits for, without a traceback
+            assert len([x for x in lines if "has waited" in x]) == 1, lines
+            assert len(lines) <= 3 and not any("Traceback" in x for x in lines), lines
+            report(
+                "store_hang",
+                {
+                    "hang_seconds": 40,
+                    "log_lines": len(lines),
+                    "slowest_answer_seconds": round(slowest, 2),
+                    "notifications": len(sent),
+                    "relevant": len(relevant_ids(sent)),
+                    "records_lost": 0,
+                    "records_duplicated": 0,
+                },
+                url,
+            )
+        finally:
+            osel.close()
+            proxy.close()
+
+
+@pytest.mark.timeout(300)
+def test_the_inventory_lock_held_by_a_frozen_instance(group, tmp_path: Path):
+    """Another instance holds the inventory lock and is frozen, not dead (a paused
+    machine): its connection stays up, so the lock is never released by PostgreSQL.
+    osel says what it waits for, and goes on when the lock is free."""
+    sg_id, ips = group
+    with postgres_database() as url:
+        osel = OselProcess(tmp_path, store_url=url, window_seconds=0, http=True)
+        try:
+            osel.start()
+            with psycopg.connect(url, autocommit=True) as frozen:
+                frozen.execute("SELECT pg_advisory_lock(%s)", (INVENTORY_LOCK,))
+                log_chars = len(osel.log.read_text(errors="replace"))
+                sent = traffic(sg_id, 20)
+                publish(osel.queue, sent)
+                osel.wait_for_log("has waited", after=log_chars, timeout=45)
+                assert osel.records() == []  # nothing handled while the lock is held
+            # the frozen instance's connection ended: the lock is free
+            records = wait_drained(osel, relevant_ids(sent))
+            exactly_once(records, relevant_ids(sent), len(ips))
+            osel.wait_for_log("and goes on", after=log_chars, timeout=10)
+            lines = log_lines(osel, log_chars)
+            (waited,) = [x for x in lines if "has waited" in x]
+            assert "for the inventory lock (another instance holds it" in waited, waited
+            assert not any("Traceback" in x for x in lines), lines
         finally:
             osel.close()

@@ -18,13 +18,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from osel.backoff import BackoffPolicy
 from osel.config import Settings
 from osel.daemon import Daemon
-from osel.health import Health
+from osel.health import Bounded, Health
 from osel.http.app import Context, create_app
 from osel.http.metrics import Metrics
 from osel.pipeline import Item
 from osel.scan_backend import ScanBatch
 from osel.store import queries
-from osel.store.store import Store, unavailable
+from osel.store.store import Batch, Store, unavailable
 from tests import messages as m
 from tests.fakes import FakeNeutron, FakeSource
 from tests.unit.test_daemon import neutron_world, settings, wait_for
@@ -387,3 +387,96 @@ async def test_an_http_address_taken_while_waiting_for_the_store_stops_osel(
         daemon = waiting_daemon(tmp_path, taken.getsockname()[1])
         assert await asyncio.wait_for(daemon.run(asyncio.Event()), timeout=10) == 1
     assert "cannot listen there" in caplog.text and "http stopped" in caplog.text
+
+
+async def test_bounded_waits_at_most_its_timeout_and_runs_one_at_a_time():
+    release = asyncio.Event()
+    started = 0
+
+    async def hangs() -> str:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return "answered"
+
+    bounded = Bounded(0.1)
+    for _ in range(3):
+        with pytest.raises(TimeoutError, match=r"no answer within 0\.1 s"):
+            await bounded(hangs)
+    assert started == 1  # the calls after the first waited for it again
+    release.set()
+    assert await bounded(hangs) == "answered"
+    assert started == 1
+    assert await bounded(hangs) == "answered" and started == 2
+
+
+async def test_metrics_answer_while_the_store_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("osel.http.app.METRICS_STORE_SECONDS", 0.2)
+    store = Store(f"sqlite:///{tmp_path}/osel.db")
+    health = Health()
+    health.report("store", True)
+    hang = asyncio.Event()
+
+    async def ready() -> dict[str, bool]:
+        return {}
+
+    async def lag() -> dict[str, dict[str, float | int | None]]:
+        await hang.wait()  # a PostgreSQL that answers nothing and closes nothing
+        return {}
+
+    app = create_app(Context(store, health, Metrics(health), ready, lag))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://osel"
+    ) as client:
+        async with asyncio.timeout(5):
+            metrics = await client.get("/metrics")
+        assert metrics.status_code == 200
+        assert value(metrics.text, "osel_dependency_up", dependency="store") == 0.0
+        assert "no answer within 0.2 s" in health.deps["store"].error
+    hang.set()
+    await store.close()
+
+
+async def test_a_batch_that_waits_long_on_the_store_is_logged_once_then_summarised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, "osel.daemon")
+    daemon = Daemon(
+        settings(tmp_path),
+        neutron=neutron_world(),
+        source=FakeSource(),
+        backoff=BackoffPolicy(initial=0.05, cap=60),
+    )
+    daemon.stuck_seconds = 0.5
+    await daemon.prepare()
+    answer = asyncio.Event()
+    real_commit = daemon.store.commit
+
+    async def commit(batch: Batch) -> None:
+        await answer.wait()  # the commit's statement gets no answer until the store's does
+        await real_commit(batch)
+
+    daemon.store.commit = commit  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    watch = asyncio.create_task(daemon.watch_waits(stop))
+    batch = asyncio.create_task(daemon.process([rule_created("r-hang")]))
+
+    def said(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    await wait_for(lambda: said("has waited"))
+    await asyncio.sleep(1.5)  # more rounds of the watch: no more lines before the cap
+    (warning,) = said("has waited")
+    assert warning.startswith("a batch of 1 message(s) has waited 1 s for the store;")
+    assert not daemon.health.is_up("store")
+    answer.set()
+    stats = await batch
+    assert stats.outcomes["recorded"] == 1
+    await wait_for(lambda: said("and goes on"))
+    assert said("and goes on")[-1].startswith("a batch of 1 message(s) waited about")
+    assert daemon.health.is_up("store")
+    stop.set()
+    await watch
+    await daemon.store.close()

@@ -20,7 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from osel import __version__
 from osel.backoff import describe_error
-from osel.health import Health
+from osel.health import Bounded, Health
 from osel.http.metrics import Metrics
 from osel.store import queries
 from osel.store.store import Store, unavailable
@@ -101,6 +101,9 @@ Text = Annotated[str | None, Query(max_length=255, pattern=r"^[^\x00]*$")]
 
 
 RETRY_AFTER = {"Retry-After": "10"}
+# how long /metrics waits for the gauges read from the store (Prometheus's default
+# scrape timeout is 10 s)
+METRICS_STORE_SECONDS = 3.0
 # what answers while the daemon starts: the rest needs the store and the inventory
 ANSWER_WHILE_STARTING = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
@@ -134,17 +137,22 @@ def _store_away(ctx: Context) -> Callable[[Request, Exception], Awaitable[Respon
     return store_away
 
 
-async def _store_gauges(ctx: Context) -> None:
-    """Set the gauges read from the store. While it is out of reach they keep their last
-    values: the counters and osel_dependency_up{dependency="store"} 0 are what matters."""
+async def _store_gauges(ctx: Context, bounded: Bounded) -> None:
+    """Set the gauges read from the store. While it is out of reach, or hangs, they keep
+    their last values: the counters and osel_dependency_up{dependency="store"} 0 are
+    what matters, and a scrape must not time out waiting for the store."""
     if not ctx.started():
         return  # the store may not answer yet, or not have its tables
-    try:
+
+    async def read() -> None:
         if ctx.refresh is not None:
             await ctx.refresh()
         for sink, lag in (await ctx.lag()).items():
             ctx.metrics.sink_lag.labels(sink).set(lag["behind"] or 0)
             ctx.metrics.sink_age.labels(sink).set(lag["oldest_seconds"] or 0)
+
+    try:
+        await bounded(read)
     except Exception as exc:
         if not unavailable(exc):
             raise
@@ -199,9 +207,11 @@ def create_app(ctx: Context) -> FastAPI:
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    gauges = Bounded(METRICS_STORE_SECONDS)
+
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
-        await _store_gauges(ctx)
+        await _store_gauges(ctx, gauges)
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/changes", response_model=ChangePage, summary="Change records, newest first")
