@@ -295,24 +295,26 @@ class Daemon:
         handled = might_change_inventory(items, self.pipeline.filter)
         guard = self.store.exclusive() if handled else contextlib.nullcontext()
         doing = f"a batch of {len(items)} message(s)"
-        self._wait(doing, LOCK if handled and self.store.dialect != "sqlite" else STORE)
-        async with self.lock, guard:
-            batch = Batch()
+        async with self.lock:  # the holder of self.lock alone says what it waits for
+            self._wait(doing, LOCK if handled and self.store.dialect != "sqlite" else STORE)
             try:
-                self._wait(doing, STORE)
-                if handled:
-                    await self._catch_up()
-                self._wait(doing, STORE_OR_NEUTRON)
-                stats = await self.pipeline.process(items, batch)
-                batch.dirty = self.inventory.take_dirty()
-                crash_point("before_commit")
-                self._wait(doing, STORE)
-                await self.store.commit(batch)
-            except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    self.health.report("store", False, describe_error(exc))
-                await self._reload_inventory_or_later()
-                raise
+                async with guard:
+                    batch = Batch()
+                    try:
+                        self._wait(doing, STORE)
+                        if handled:
+                            await self._catch_up()
+                        self._wait(doing, STORE_OR_NEUTRON)
+                        stats = await self.pipeline.process(items, batch)
+                        batch.dirty = self.inventory.take_dirty()
+                        crash_point("before_commit")
+                        self._wait(doing, STORE)
+                        await self.store.commit(batch)
+                    except BaseException as exc:
+                        if not isinstance(exc, asyncio.CancelledError):
+                            self.health.report("store", False, describe_error(exc))
+                        await self._reload_inventory_or_later()
+                        raise
             finally:
                 self.waiting = None
         self.health.report("store", True)
@@ -710,7 +712,6 @@ class Daemon:
             self.policy_expiry,
             self.housekeeping,
         ]
-        inner = asyncio.Event()
         tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in workers]
         tasks.append(watch)
         if http is not None:

@@ -129,7 +129,9 @@ def test_sigterm_finishes_in_flight_work_and_exits_0_within_10s(
         osel.proc.send_signal(signal.SIGTERM)
         assert osel.wait_exit(15) == 0
         took = time.monotonic() - started
-        assert took < 10, took
+        # the loops and the HTTP server stop on their event; had one missed it, the
+        # stop would wait out shutdown's 5 s for it
+        assert took < 5, took
         stopping = osel.log.read_text(errors="replace")[log_chars:]
         assert "[error" not in stopping and "Traceback" not in stopping, stopping
         osel.start()
