@@ -49,6 +49,16 @@ def metric(osel: OselProcess, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{labels} is missing from /metrics")
 
 
+def checked(sent: list[bytes]) -> dict[str, int]:
+    """The figures of notifications whose records exactly_once found once each."""
+    return {
+        "notifications": len(sent),
+        "relevant": len(relevant_ids(sent)),
+        "records_lost": 0,
+        "records_duplicated": 0,
+    }
+
+
 def store_up(osel: OselProcess) -> float:
     return metric(osel, "osel_dependency_up", dependency="store")
 
@@ -139,10 +149,7 @@ def test_a_postgresql_outage_at_start_and_under_traffic(group, tmp_path: Path):
                     "outage_log_lines": len(outage_lines),
                     "start_wait_log_lines": len(waiting),
                     "processing_again_after_seconds": round(resumed, 2),
-                    "notifications": len(sent),
-                    "relevant": len(relevant_ids(sent)),
-                    "records_lost": 0,
-                    "records_duplicated": 0,
+                    **checked(sent),
                 },
                 url,
             )
@@ -269,10 +276,7 @@ def test_connections_ended_by_a_postgresql_restart(group, tmp_path: Path):
                 {
                     "connections_ended": ended,
                     "log_lines_after": len(lines),
-                    "notifications": len(after),
-                    "relevant": len(relevant_ids(after)),
-                    "records_lost": 0,
-                    "records_duplicated": 0,
+                    **checked(after),
                 },
                 url,
             )
@@ -334,10 +338,7 @@ def test_a_postgresql_that_hangs(group, tmp_path: Path):
                     "hang_seconds": 40,
                     "log_lines": len(lines),
                     "slowest_answer_seconds": round(slowest, 2),
-                    "notifications": len(sent),
-                    "relevant": len(relevant_ids(sent)),
-                    "records_lost": 0,
-                    "records_duplicated": 0,
+                    **checked(sent),
                 },
                 url,
             )
