@@ -75,7 +75,12 @@ def test_metrics_readiness_and_status_page(admin, cleanup, tmp_path: Path, store
 
         ready = httpx.get(f"{osel.http_url}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"neutron": True, "amqp": True, "store": True}
+        assert ready.json()["checks"] == {
+            "started": True,
+            "neutron": True,
+            "amqp": True,
+            "store": True,
+        }
 
         text = httpx.get(f"{osel.http_url}/metrics", timeout=10).text
         samples = {
