@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -225,15 +225,12 @@ class Daemon:
 
     async def prepare(self, *, initial_sync: bool = True) -> None:
         """Migrate the store, load the inventory, sync from Neutron on a first start."""
-        try:
-            self._wait("start-up", STORE)
+        async with self._watched("start-up", STORE):
             await self.store.migrate()
             self._wait("start-up", LOCK if self.store.dialect != "sqlite" else STORE)
             async with self.store.exclusive():
                 self._wait("start-up", STORE_OR_NEUTRON)
                 await self._prepare_inventory(initial_sync)
-        finally:
-            self.waiting = None
         memory.freeze_long_lived()
 
     async def _prepare_when_the_store_answers(self, stop: asyncio.Event) -> None:
@@ -295,28 +292,25 @@ class Daemon:
         handled = might_change_inventory(items, self.pipeline.filter)
         guard = self.store.exclusive() if handled else contextlib.nullcontext()
         doing = f"a batch of {len(items)} message(s)"
-        async with self.lock:  # the holder of self.lock alone says what it waits for
-            self._wait(doing, LOCK if handled and self.store.dialect != "sqlite" else STORE)
+        first = LOCK if handled and self.store.dialect != "sqlite" else STORE
+        # the holder of self.lock alone says what it waits for
+        async with self.lock, self._watched(doing, first), guard:
+            batch = Batch()
             try:
-                async with guard:
-                    batch = Batch()
-                    try:
-                        self._wait(doing, STORE)
-                        if handled:
-                            await self._catch_up()
-                        self._wait(doing, STORE_OR_NEUTRON)
-                        stats = await self.pipeline.process(items, batch)
-                        batch.dirty = self.inventory.take_dirty()
-                        crash_point("before_commit")
-                        self._wait(doing, STORE)
-                        await self.store.commit(batch)
-                    except BaseException as exc:
-                        if not isinstance(exc, asyncio.CancelledError):
-                            self.health.report("store", False, describe_error(exc))
-                        await self._reload_inventory_or_later()
-                        raise
-            finally:
-                self.waiting = None
+                self._wait(doing, STORE)
+                if handled:
+                    await self._catch_up()
+                self._wait(doing, STORE_OR_NEUTRON)
+                stats = await self.pipeline.process(items, batch)
+                batch.dirty = self.inventory.take_dirty()
+                crash_point("before_commit")
+                self._wait(doing, STORE)
+                await self.store.commit(batch)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self.health.report("store", False, describe_error(exc))
+                await self._reload_inventory_or_later()
+                raise
         self.health.report("store", True)
         if batch.quarantined:
             await self._dead_letter(batch.quarantined)
@@ -368,6 +362,16 @@ class Daemon:
 
     def _wait(self, doing: str, what: str) -> None:
         self.waiting = Waiting(doing, what, time.monotonic())
+
+    @contextlib.asynccontextmanager
+    async def _watched(self, doing: str, what: str) -> AsyncIterator[None]:
+        """What `doing` waits for, watched by watch_waits until it is done (`_wait`
+        says what it waits for next)."""
+        self._wait(doing, what)
+        try:
+            yield
+        finally:
+            self.waiting = None
 
     async def watch_waits(self, stop: asyncio.Event) -> None:
         """Say so when the batch in hand (or the start) waits long on the store or the

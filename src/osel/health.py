@@ -65,9 +65,17 @@ class Bounded:
     async def __call__(self, start: Callable[[], Awaitable[T]]) -> T:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(start())
+            # one that timed out and later failed is not waited for by anyone: its
+            # error is taken here, not logged by asyncio as never retrieved
+            self._task.add_done_callback(_retrieve)
         task = self._task
         done, _ = await asyncio.wait({task}, timeout=self.timeout)
         if not done:
             raise TimeoutError(f"no answer within {self.timeout:g} s")
         self._task = None
         return cast(T, task.result())
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

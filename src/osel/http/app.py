@@ -43,7 +43,7 @@ class Context:
     extra_routes: list[Callable[[FastAPI], None]] = field(default_factory=list)
     refresh: Callable[[], Awaitable[None]] | None = None  # before /metrics renders
     # False while the daemon waits for the store and loads its inventory: only the
-    # probes and /metrics answer then (see _while_starting)
+    # probes and /metrics answer then (see create_app's while_starting)
     started: Callable[[], bool] = lambda: True
 
 
