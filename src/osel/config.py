@@ -666,6 +666,12 @@ class StoreSettings(_Model):
         description="sqlite:///relative.db, sqlite:////abs/path.db or postgresql://... (secret)",
     )
     url_file: SecretPath = _desc("File holding url")
+    retention_days: float = Field(
+        0,
+        ge=0,
+        description="Delete delivered audit records, ended scans and other history older "
+        "than this (days); 0 keeps everything",
+    )
 
     @field_validator("url")
     @classmethod

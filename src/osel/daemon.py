@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from osel import memory
@@ -37,7 +38,7 @@ from osel.scan_backend import DryRunBackend, ScanBackend
 from osel.scheduler import Scheduler
 from osel.sinks import Sink
 from osel.sinks.file import FileSink
-from osel.store import queries
+from osel.store import queries, retention
 from osel.store.store import Batch, Store, unavailable
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ class Daemon:
 
     async def housekeeping(self, stop: asyncio.Event, every: float = 60.0) -> None:
         """Every minute, give freed memory back to the system; every ten, trim the
-        inventory change log."""
+        inventory change log and delete what is past `store.retention_days`."""
         rounds = 0
         while not stop.is_set():
             memory.trim()
@@ -423,8 +424,42 @@ class Daemon:
                     await self.store.prune_inventory_log()
                 except Exception as exc:
                     log.debug("could not trim the inventory log: %s", exc)
+                await self.forget_old()
             rounds += 1
             await _sleep(stop, every)
+
+    async def forget_old(self) -> None:
+        """Delete from the store what is older than `store.retention_days` (see
+        `retention`); nothing when it is 0."""
+        days = self.settings.store.retention_days
+        if not days:
+            return
+        now = datetime.now(UTC)
+        before = now - timedelta(days=days)
+        cooldown = now - timedelta(minutes=self.settings.scan.cooldown_minutes)
+        try:
+            pruned = await retention.prune(
+                self.store,
+                before=before,
+                batches_before=min(before, cooldown),
+                sinks=[s.sink_id for s in self.outbox.sinks],
+                followed=self.scheduler.backend.follows,
+            )
+        except Exception as exc:
+            if unavailable(exc):
+                log.debug("could not delete old rows: %s", exc)
+            else:
+                log.warning(
+                    "could not delete what is older than store.retention_days (%g): %s; "
+                    "it is tried again in 10 minutes",
+                    days,
+                    exc,
+                )
+            return
+        for table, count in pruned.rows.items():
+            self.metrics.pruned.labels(table).inc(count)
+        if pruned.total:
+            log.info("deleted what is older than store.retention_days (%g): %s", days, pruned)
 
     async def _reload_inventory(self) -> None:
         """After a failed commit the in-memory inventory is ahead of the store: rebuild it."""

@@ -12,6 +12,7 @@ from osel.backoff import BackoffPolicy
 from osel.config import Settings
 from osel.daemon import Daemon
 from osel.model import FloatingIP, Port, SecurityGroup
+from osel.store import queries
 from tests import messages as m
 from tests.fakes import FakeNeutron, FakeSource
 
@@ -192,3 +193,41 @@ async def test_the_inventory_is_frozen_once_loaded_and_again_after_each_reload(
     await daemon._reload_inventory()
     assert frozen == [1, 1]
     await daemon.store.close()
+
+
+async def test_what_is_past_the_retention_is_deleted_once_delivered(tmp_path: Path, caplog):
+    config = settings(tmp_path).model_copy(deep=True)
+    half_a_second = config.store.model_copy(update={"retention_days": 0.5 / 86400})
+    config = config.model_copy(update={"store": half_a_second})
+    source = FakeSource()
+    daemon = Daemon(config, neutron=neutron_world(), source=source)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    source.publish(
+        m.envelope(
+            m.notification(
+                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
+            )
+        )
+    )
+    # two addresses; the dry-run batch queued and launched (nothing follows it)
+    await wait_for(lambda: len(audit(tmp_path)) == 4)
+    sink = daemon.outbox.sinks[0].sink_id
+    async with asyncio.timeout(10):
+        while (await queries.sink_lag(daemon.store, [sink]))[sink]["behind"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.6)
+    caplog.set_level("INFO", logger="osel.daemon")
+    await daemon.forget_old()
+    rows = {
+        s.labels["table"]: s.value
+        for metric in daemon.metrics.pruned.collect()
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+    assert rows == {"audit_records": 4, "scan_batches": 1, "scan_targets": 2, "seen_messages": 1}
+    assert await daemon.store.tail(10) == []
+    assert len(await daemon.store.open_windows()) == 2  # still in effect
+    assert "deleted what is older than store.retention_days" in caplog.text
+    stop.set()
+    assert await runner == 0

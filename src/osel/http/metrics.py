@@ -82,6 +82,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.pruned = Counter(
+            "osel_store_deleted_rows",
+            "Rows deleted from the store past store.retention_days, by table",
+            ["table"],
+            registry=r,
+        )
         self.deferred = Gauge("osel_deferred_messages", "Changes waiting for Neutron", registry=r)
         self.revision_gaps = Gauge(
             "osel_revision_gaps",

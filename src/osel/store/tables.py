@@ -34,7 +34,7 @@ seen_messages = Table(
     metadata,
     Column("message_id", String(255), primary_key=True),
     Column("event_type", String(255), nullable=False),
-    Column("seen_at", Stamp, nullable=False),
+    Column("seen_at", Stamp, nullable=False, index=True),
 )
 
 audit_records = Table(
@@ -153,7 +153,8 @@ exposure_windows = Table(
     Column("opened_at", String(40), nullable=False),
     Column("opened_record", String(36), nullable=False),
     Column("closed_at", String(40), nullable=True),
-    Column("closed_record", String(36), nullable=True),
+    # the record that closed the window: the window goes with it (store.retention_days)
+    Column("closed_record", String(36), nullable=True, index=True),
     Index("ix_exposure_windows_open", "address", "closed_at"),
 )
 

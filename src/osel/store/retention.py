@@ -1,0 +1,182 @@
+"""Forgetting what the store no longer needs (`store.retention_days`).
+
+Deleted once older than the retention, in short transactions so that the consumer's
+commits go between them:
+
+- audit records delivered to every audit sink, unless their scan is still under way
+  (its batch still writes its state into them); with them, the exposure windows they
+  closed;
+- scan batches that ended (finished, error, skipped; launched, when the backend does not
+  follow its scans: dry-run, or `qualys.follow: false`), with their targets;
+- the ids of messages seen (a message redelivered after that is handled again);
+- quarantined messages that were retried.
+
+Kept whatever their age: records a sink has not delivered, open exposure windows (they
+are the exposure in effect), targets not yet in a batch, and quarantined messages
+nobody retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, Table, delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED, RUNNING, SKIPPED
+from osel.store import tables as t
+from osel.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL advisory lock key (see store.INVENTORY_LOCK): one instance prunes at a time
+PRUNE_LOCK = 0x05E1_0003
+ENDED = (FINISHED, ERROR, SKIPPED)  # batch states nothing changes any more
+# a change record's scan states its batch still updates (launched and running only when
+# the backend follows its scans)
+UNSETTLED = (QUEUED, LAUNCHED, RUNNING)
+
+
+@dataclass(slots=True)
+class Pruned:
+    """Rows deleted, by table."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: str, count: int) -> None:
+        if count:
+            self.rows[table] = self.rows.get(table, 0) + count
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} from {table}" for table, n in sorted(self.rows.items()))
+
+
+async def delivered_up_to(store: Store, sinks: Sequence[str], before: datetime) -> int | None:
+    """The newest audit record id every sink has delivered, or None when there is no sink.
+
+    Counted: the sinks named (a configured sink with no cursor yet has delivered
+    nothing), and any other cursor that moved since `before` (a sink another instance
+    delivers to). A cursor no instance has moved since `before` and that is not
+    configured here is a sink that was removed, and holds nothing back.
+    """
+    c = t.sink_cursors
+    positions = dict.fromkeys(sinks, 0)
+    async with store.engine.connect() as conn:
+        for sink, position, updated_at in await conn.execute(
+            select(c.c.sink, c.c.position, c.c.updated_at)
+        ):
+            moved = updated_at if updated_at.tzinfo else updated_at.replace(tzinfo=UTC)
+            if sink in positions or moved >= before:
+                positions[sink] = int(position)
+    return min(positions.values(), default=None)
+
+
+async def prune(
+    store: Store,
+    *,
+    before: datetime,
+    batches_before: datetime,
+    sinks: Sequence[str],
+    followed: bool = True,
+    chunk: int = 1000,
+    most: int = 50_000,
+) -> Pruned:
+    """Delete what is older than `before` (ended scan batches: `batches_before`, which
+    the scan cool-down may set earlier), at most `most` rows of each kind per call.
+    `followed`: whether the scan backend follows launched scans to their end."""
+    pruned = Pruned()
+    upto = await delivered_up_to(store, sinks, before)
+    ar, w = t.audit_records, t.exposure_windows
+    records = (
+        select(ar.c.id, ar.c.record_uuid)
+        .where(ar.c.created_at < before)
+        .where(
+            (ar.c.record_type != "change")
+            | ar.c.scan_state.not_in(UNSETTLED if followed else (QUEUED,))
+        )
+    )
+    if upto is not None:
+        records = records.where(ar.c.id <= upto)
+    done = 0
+    while done < most:
+        async with store.begin() as conn:
+            if not await _our_turn(store, conn):
+                return pruned
+            rows = list(await conn.execute(records.limit(chunk)))
+            if rows:
+                await conn.execute(delete(ar).where(ar.c.id.in_([r[0] for r in rows])))
+                gone = await conn.execute(
+                    delete(w).where(w.c.closed_record.in_([r[1] for r in rows]))
+                )
+                pruned.add("exposure_windows", gone.rowcount or 0)
+        pruned.add("audit_records", len(rows))
+        done += len(rows)
+        if len(rows) < chunk:
+            break
+
+    sb, tg = t.scan_batches, t.scan_targets
+    ended = ENDED if followed else (*ENDED, LAUNCHED)
+    batches = select(sb.c.id).where(sb.c.state.in_(ended) & (sb.c.updated_at < batches_before))
+    done = 0
+    while done < most:
+        async with store.begin() as conn:
+            if not await _our_turn(store, conn):
+                return pruned
+            ids = list((await conn.execute(batches.limit(chunk))).scalars())
+            if ids:
+                gone = await conn.execute(delete(tg).where(tg.c.batch_id.in_(ids)))
+                pruned.add("scan_targets", gone.rowcount or 0)
+                await conn.execute(delete(sb).where(sb.c.id.in_(ids)))
+        pruned.add("scan_batches", len(ids))
+        done += len(ids)
+        if len(ids) < chunk:
+            break
+
+    sm, q = t.seen_messages, t.quarantine
+    for table, key, old in (
+        (sm, sm.c.message_id, sm.c.seen_at < before),
+        (q, q.c.id, q.c.retried_at.is_not(None) & (q.c.retried_at < before)),
+    ):
+        if not await _delete_where(store, pruned, table, key, old, chunk, most):
+            break
+    return pruned
+
+
+async def _delete_where(
+    store: Store,
+    pruned: Pruned,
+    table: Table,
+    key: ColumnElement[object],
+    old: ColumnElement[bool],
+    chunk: int,
+    most: int,
+) -> bool:
+    """Delete the rows of `table` that are `old`, `chunk` at a time; False when another
+    instance is pruning."""
+    done = 0
+    while done < most:
+        async with store.begin() as conn:
+            if not await _our_turn(store, conn):
+                return False
+            keys = select(key).where(old).limit(chunk).scalar_subquery()
+            gone = (await conn.execute(delete(table).where(key.in_(keys)))).rowcount or 0
+        pruned.add(table.name, gone)
+        done += gone
+        if gone < chunk:
+            break
+    return True
+
+
+async def _our_turn(store: Store, conn: AsyncConnection) -> bool:
+    """On PostgreSQL, whether this transaction may prune: one instance at a time."""
+    if store.dialect != "postgresql":
+        return True
+    taken = await conn.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": PRUNE_LOCK})
+    return bool(taken.scalar())
