@@ -111,15 +111,17 @@ async def test_what_is_old_goes_and_what_is_still_needed_stays(harness: Harness)
         await conn.execute(update(t.scan_batches).values(state=FINISHED))
         await conn.execute(update(t.audit_records).values(scan_state=FINISHED))
     await deliver_up_to(store, await top_record(store))
+    top = await top_record(store)
     second = await prune(store, before=future, batches_before=future, sinks=[SINK], chunk=2)
     assert second.rows == {
-        "audit_records": 3 + 2 + 3,
+        "audit_records": 3 + 2 + 3 - 1,  # the newest stays
         "exposure_windows": 3,
         "scan_batches": 2,
         "scan_targets": 6,
     }
+    assert await top_record(store) == top
     assert await counts(store) == {
-        "audit_records": 0,
+        "audit_records": 1,
         "exposure_windows": 0,
         "scan_batches": 0,
         "scan_targets": 0,
@@ -139,7 +141,7 @@ async def test_open_exposure_windows_stay(harness: Harness) -> None:
     async with harness.store.begin() as conn:
         await conn.execute(update(t.audit_records).values(scan_state=FINISHED))
     pruned = await prune(harness.store, before=future, batches_before=future, sinks=[])
-    assert pruned.rows == {"audit_records": 3}
+    assert pruned.rows == {"audit_records": 2}  # the newest stays
     assert len(await harness.store.open_windows()) == 3
 
 
@@ -152,7 +154,8 @@ async def test_launched_scans_that_nobody_follows_end_at_launch(harness: Harness
     assert len(await scheduler.tick()) == 1
     future = utcnow() + timedelta(days=1)
     followed = await prune(harness.store, before=future, batches_before=future, sinks=[])
-    assert followed.rows == {"audit_records": 2, "seen_messages": 1}  # the scan records
+    # the batch's scan record "queued"; "launched" is the newest record, which stays
+    assert followed.rows == {"audit_records": 1, "seen_messages": 1}
     dry_run = await prune(
         harness.store, before=future, batches_before=future, sinks=[], followed=False
     )
@@ -205,3 +208,25 @@ async def test_one_instance_prunes_at_a_time(harness: Harness) -> None:
     assert held.total == 0
     free = await prune(harness.store, before=future, batches_before=future, sinks=[])
     assert free.rows == {"seen_messages": 1}
+
+
+async def test_record_ids_go_on_rising_after_everything_went(harness: Harness) -> None:
+    """SQLite gives a new row the table's highest id plus one: were the newest record
+    deleted too, the next ids would fall below the sinks' cursors and never be
+    delivered."""
+    world(harness)
+    store = harness.store
+    await rule_change(
+        harness, "security_group_rule.create.end", m.rule("sg1", rid="r0", proto="udp")
+    )
+    async with store.begin() as conn:
+        await conn.execute(update(t.audit_records).values(scan_state=FINISHED))
+    top = await top_record(store)
+    await deliver_up_to(store, top)
+    future = utcnow() + timedelta(days=1)
+    await prune(store, before=future, batches_before=future, sinks=[SINK])
+    await rule_change(harness, "security_group_rule.create.end", m.rule("sg1", rid="r1"))
+    async with store.engine.connect() as conn:
+        ids = list((await conn.execute(select(t.audit_records.c.id))).scalars())
+    assert min(ids) == top and len(ids) == 1 + 3
+    assert all(i > top for i in ids if i != top)

@@ -12,8 +12,10 @@ commits go between them:
 - quarantined messages that were retried.
 
 Kept whatever their age: records a sink has not delivered, open exposure windows (they
-are the exposure in effect), targets not yet in a batch, and quarantined messages
-nobody retried.
+are the exposure in effect), targets not yet in a batch, quarantined messages nobody
+retried, and the newest audit record. SQLite gives a new row the highest id in the table
+plus one: with every record gone, ids would start again at 1, below the sinks' cursors,
+and the records after that would never be delivered.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Table, delete, select, text
+from sqlalchemy import ColumnElement, Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED, RUNNING, SKIPPED
@@ -97,6 +99,7 @@ async def prune(
     records = (
         select(ar.c.id, ar.c.record_uuid)
         .where(ar.c.created_at < before)
+        .where(ar.c.id < select(func.max(ar.c.id)).scalar_subquery())
         .where(
             (ar.c.record_type != "change")
             | ar.c.scan_state.not_in(UNSETTLED if followed else (QUEUED,))
