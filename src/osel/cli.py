@@ -723,6 +723,57 @@ def db_upgrade(config: str | None) -> None:
     click.echo("store is at the newest schema")
 
 
+@db.command("prune")
+@config_option
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Delete what is older than this (default: store.retention_days)",
+)
+def db_prune(config: str | None, days: float | None) -> None:
+    """Delete what is past the retention now, round after round until nothing is left
+    (osel run does one round every 10 minutes); safe while osel runs."""
+    import time
+
+    from osel.store import retention
+
+    settings = _settings(config)
+    days = days or settings.store.retention_days
+    if not days:
+        click.echo(
+            "osel db prune: store.retention_days is 0 (keep everything) and --days is not "
+            "given: nothing to do. Set store.retention_days, or pass --days N",
+            err=True,
+        )
+        sys.exit(2)
+
+    async def go(store: Any) -> None:
+        total, rounds, said = retention.Pruned(), 0, False
+        while True:
+            started = time.monotonic()
+            pruned = await retention.prune_for(store, settings, days)
+            if pruned.busy and not pruned.total:
+                if not said:
+                    click.echo("another osel instance is deleting old rows; waiting for it")
+                said = True
+                await asyncio.sleep(5)
+                continue
+            if not pruned.total:
+                break
+            rounds += 1
+            for table, count in pruned.rows.items():
+                total.add(table, count)
+            click.echo(f"round {rounds}: deleted {pruned} ({time.monotonic() - started:.1f} s)")
+        click.echo(
+            f"deleted what is older than {days:g} day(s): {total}"
+            if total.total
+            else f"nothing older than {days:g} day(s) to delete"
+        )
+
+    _with_store(settings, go)
+
+
 @main.group()
 def aodh() -> None:
     """Aodh event alarms that feed osel's webhook (docs/aodh.md)."""

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from osel import memory
@@ -434,17 +433,8 @@ class Daemon:
         days = self.settings.store.retention_days
         if not days:
             return
-        now = datetime.now(UTC)
-        before = now - timedelta(days=days)
-        cooldown = now - timedelta(minutes=self.settings.scan.cooldown_minutes)
         try:
-            pruned = await retention.prune(
-                self.store,
-                before=before,
-                batches_before=min(before, cooldown),
-                sinks=[s.sink_id for s in self.outbox.sinks],
-                followed=self.scheduler.backend.follows,
-            )
+            pruned = await retention.prune_for(self.store, self.settings, days)
         except Exception as exc:
             if unavailable(exc):
                 log.debug("could not delete old rows: %s", exc)

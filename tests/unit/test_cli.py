@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,14 @@ def test_audit_tail_scans_and_quarantine(config: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "command", [["audit", "status"], ["audit", "tail"], ["scans", "list"], ["db", "upgrade"]]
+    "command",
+    [
+        ["audit", "status"],
+        ["audit", "tail"],
+        ["scans", "list"],
+        ["db", "upgrade"],
+        ["db", "prune", "--days", "1"],
+    ],
 )
 def test_a_store_that_does_not_answer_is_one_line_naming_store_url(
     command: list[str], config: Path
@@ -172,3 +180,29 @@ def test_a_store_that_does_not_answer_is_one_line_naming_store_url(
         "OperationalError"
     )
     assert "check that the database runs" in line and "MARKER-pw" not in result.output
+
+
+def test_db_prune_deletes_round_by_round_what_is_past_the_retention(config: Path, tmp_path: Path):
+    result = invoke("replay", str(SAMPLES / "notifications.jsonl"), "-c", str(config), "--offline")
+    assert result.exit_code == 0, result.output
+    nothing = invoke("db", "prune", "-c", str(config))
+    assert nothing.exit_code == 2
+    assert "store.retention_days is 0" in nothing.output and "--days" in nothing.output
+    young = invoke("db", "prune", "--days", "1", "-c", str(config))
+    assert young.exit_code == 0 and young.output == "nothing older than 1 day(s) to delete\n"
+    db = sqlite3.connect(tmp_path / "osel.db")
+    with db:
+        db.execute("UPDATE audit_records SET created_at = datetime(created_at, '-2 days')")
+        db.execute("UPDATE seen_messages SET seen_at = datetime(seen_at, '-2 days')")
+        db.execute("UPDATE scan_batches SET updated_at = datetime(updated_at, '-2 days')")
+    records = db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
+    old = invoke("db", "prune", "--days", "1", "-c", str(config))
+    assert old.exit_code == 0, old.output
+    first, last = old.output.splitlines()
+    # every record the file sink delivered but the newest; the dry-run batch; the 8
+    # message ids of the changes (the ignored messages leave none)
+    assert first.startswith(f"round 1: deleted {records - 1} from audit_records, ")
+    assert "1 from scan_batches" in first and "8 from seen_messages" in first
+    assert last.startswith("deleted what is older than 1 day(s): ")
+    assert db.execute("SELECT count(*) FROM audit_records").fetchone()[0] == 1
+    db.close()

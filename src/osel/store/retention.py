@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from osel.config import Settings
 from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED, RUNNING, SKIPPED
 from osel.store import tables as t
 from osel.store.store import Store
@@ -44,9 +45,10 @@ UNSETTLED = (QUEUED, LAUNCHED, RUNNING)
 
 @dataclass(slots=True)
 class Pruned:
-    """Rows deleted, by table."""
+    """Rows deleted, by table; `busy` when another instance was pruning (PostgreSQL)."""
 
     rows: dict[str, int] = field(default_factory=dict)
+    busy: bool = False
 
     def add(self, table: str, count: int) -> None:
         if count:
@@ -111,6 +113,7 @@ async def prune(
     while done < most:
         async with store.begin() as conn:
             if not await _our_turn(store, conn):
+                pruned.busy = True
                 return pruned
             rows = list(await conn.execute(records.limit(chunk)))
             if rows:
@@ -131,6 +134,7 @@ async def prune(
     while done < most:
         async with store.begin() as conn:
             if not await _our_turn(store, conn):
+                pruned.busy = True
                 return pruned
             ids = list((await conn.execute(batches.limit(chunk))).scalars())
             if ids:
@@ -148,8 +152,25 @@ async def prune(
         (q, q.c.id, q.c.retried_at.is_not(None) & (q.c.retried_at < before)),
     ):
         if not await _delete_where(store, pruned, table, key, old, chunk, most):
+            pruned.busy = True
             break
     return pruned
+
+
+async def prune_for(store: Store, settings: Settings, days: float, **limits: int) -> Pruned:
+    """`prune` what is older than `days` for a configuration: its sinks, its backend,
+    and the scan cool-down (a batch stays as long as it can hold an address back)."""
+    now = datetime.now(UTC)
+    before = now - timedelta(days=days)
+    cooldown = now - timedelta(minutes=settings.scan.cooldown_minutes)
+    return await prune(
+        store,
+        before=before,
+        batches_before=min(before, cooldown),
+        sinks=[sink.sink_id for sink in settings.audit.sinks],
+        followed=settings.scan.backend == "qualys" and settings.qualys.follow,
+        **limits,
+    )
 
 
 async def _delete_where(
