@@ -20,7 +20,6 @@ and the records after that would never be delivered.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,8 +31,6 @@ from osel.config import Settings
 from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED, RUNNING, SKIPPED
 from osel.store import tables as t
 from osel.store.store import Store
-
-log = logging.getLogger(__name__)
 
 # PostgreSQL advisory lock key (see store.INVENTORY_LOCK): one instance prunes at a time
 PRUNE_LOCK = 0x05E1_0003
