@@ -29,6 +29,14 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+# tcp/22 from anywhere added to sg1: two addresses exposed
+SSH_RULE_ADDED = m.envelope(
+    m.notification(
+        "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
+    )
+)
+
+
 def neutron_world() -> FakeNeutron:
     n = FakeNeutron()
     n.groups = {"sg1": SecurityGroup("sg1", "p1")}
@@ -61,13 +69,7 @@ async def test_changes_wait_for_neutron_in_order_and_are_acked_at_once(tmp_path:
     )
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
-    source.publish(
-        m.envelope(
-            m.notification(
-                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
-            )
-        )
-    )
+    source.publish(SSH_RULE_ADDED)
     source.publish(
         m.envelope(
             m.notification(
@@ -121,13 +123,7 @@ async def test_a_failed_commit_acks_nothing_and_rebuilds_the_inventory(tmp_path:
     daemon._reload_inventory = spy  # type: ignore[method-assign]
     stop = asyncio.Event()
     consumer = asyncio.create_task(daemon.consume(stop))
-    source.publish(
-        m.envelope(
-            m.notification(
-                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
-            )
-        )
-    )
+    source.publish(SSH_RULE_ADDED)
     await wait_for(lambda: source.acked == 2)  # returned (tag 1), redelivered (tag 2), done
     assert source.nacked == [1] and reloads == 1
     records = await daemon.store.tail(100)
@@ -155,13 +151,7 @@ async def test_a_poison_message_is_quarantined_after_bounded_attempts(tmp_path: 
     stop = asyncio.Event()
     consumer = asyncio.create_task(daemon.consume(stop))
     source.publish(m.envelope(m.notification("port.delete.end", {"port_id": "p1"})))
-    source.publish(
-        m.envelope(
-            m.notification(
-                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
-            )
-        )
-    )
+    source.publish(SSH_RULE_ADDED)
     rows: list[Any] = []
     async with asyncio.timeout(10):
         while not rows or "r1" not in daemon.inventory.rules:
@@ -203,13 +193,7 @@ async def test_what_is_past_the_retention_is_deleted_once_delivered(tmp_path: Pa
     daemon = Daemon(config, neutron=neutron_world(), source=source)
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
-    source.publish(
-        m.envelope(
-            m.notification(
-                "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
-            )
-        )
-    )
+    source.publish(SSH_RULE_ADDED)
     # two addresses; the dry-run batch queued and launched (nothing follows it)
     await wait_for(lambda: len(audit(tmp_path)) == 4)
     sink = daemon.outbox.sinks[0].sink_id

@@ -20,7 +20,7 @@ and the records after that would never be delivered.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -106,52 +106,76 @@ async def prune(
     )
     if upto is not None:
         records = records.where(ar.c.id <= upto)
-    done = 0
-    while done < most:
-        async with store.begin() as conn:
-            if not await _our_turn(store, conn):
-                pruned.busy = True
-                return pruned
-            rows = list(await conn.execute(records.limit(chunk)))
-            if rows:
-                await conn.execute(delete(ar).where(ar.c.id.in_([r[0] for r in rows])))
-                gone = await conn.execute(
-                    delete(w).where(w.c.closed_record.in_([r[1] for r in rows]))
-                )
-                pruned.add("exposure_windows", gone.rowcount or 0)
+
+    async def drop_records(conn: AsyncConnection) -> int:
+        rows = list(await conn.execute(records.limit(chunk)))
+        if rows:
+            await conn.execute(delete(ar).where(ar.c.id.in_([r[0] for r in rows])))
+            gone = await conn.execute(delete(w).where(w.c.closed_record.in_([r[1] for r in rows])))
+            pruned.add("exposure_windows", gone.rowcount or 0)
         pruned.add("audit_records", len(rows))
-        done += len(rows)
-        if len(rows) < chunk:
-            break
+        return len(rows)
 
     sb, tg = t.scan_batches, t.scan_targets
     ended = ENDED if followed else (*ENDED, LAUNCHED)
     batches = select(sb.c.id).where(sb.c.state.in_(ended) & (sb.c.updated_at < batches_before))
+
+    async def drop_batches(conn: AsyncConnection) -> int:
+        ids = list((await conn.execute(batches.limit(chunk))).scalars())
+        if ids:
+            gone = await conn.execute(delete(tg).where(tg.c.batch_id.in_(ids)))
+            pruned.add("scan_targets", gone.rowcount or 0)
+            await conn.execute(delete(sb).where(sb.c.id.in_(ids)))
+        pruned.add("scan_batches", len(ids))
+        return len(ids)
+
+    sm, q = t.seen_messages, t.quarantine
+    steps = (
+        drop_records,
+        drop_batches,
+        _drop_where(pruned, sm, sm.c.message_id, sm.c.seen_at < before, chunk),
+        _drop_where(
+            pruned, q, q.c.id, q.c.retried_at.is_not(None) & (q.c.retried_at < before), chunk
+        ),
+    )
+    for step in steps:
+        if not await _in_chunks(store, step, chunk, most):
+            pruned.busy = True
+            break
+    return pruned
+
+
+Step = Callable[[AsyncConnection], Awaitable[int]]
+
+
+async def _in_chunks(store: Store, step: Step, chunk: int, most: int) -> bool:
+    """Run `step` (one chunk: it deletes up to `chunk` rows of its kind and says how
+    many), each in a transaction of its own, until it finds fewer or `most` went; False
+    when another instance is pruning."""
     done = 0
     while done < most:
         async with store.begin() as conn:
             if not await _our_turn(store, conn):
-                pruned.busy = True
-                return pruned
-            ids = list((await conn.execute(batches.limit(chunk))).scalars())
-            if ids:
-                gone = await conn.execute(delete(tg).where(tg.c.batch_id.in_(ids)))
-                pruned.add("scan_targets", gone.rowcount or 0)
-                await conn.execute(delete(sb).where(sb.c.id.in_(ids)))
-        pruned.add("scan_batches", len(ids))
-        done += len(ids)
-        if len(ids) < chunk:
+                return False
+            count = await step(conn)
+        done += count
+        if count < chunk:
             break
+    return True
 
-    sm, q = t.seen_messages, t.quarantine
-    for table, key, old in (
-        (sm, sm.c.message_id, sm.c.seen_at < before),
-        (q, q.c.id, q.c.retried_at.is_not(None) & (q.c.retried_at < before)),
-    ):
-        if not await _delete_where(store, pruned, table, key, old, chunk, most):
-            pruned.busy = True
-            break
-    return pruned
+
+def _drop_where(
+    pruned: Pruned, table: Table, key: ColumnElement[object], old: ColumnElement[bool], chunk: int
+) -> Step:
+    """A step that deletes `chunk` rows of `table` that are `old`."""
+
+    async def step(conn: AsyncConnection) -> int:
+        keys = select(key).where(old).limit(chunk).scalar_subquery()
+        gone = (await conn.execute(delete(table).where(key.in_(keys)))).rowcount or 0
+        pruned.add(table.name, gone)
+        return int(gone)
+
+    return step
 
 
 async def prune_for(store: Store, settings: Settings, days: float, **limits: int) -> Pruned:
@@ -168,31 +192,6 @@ async def prune_for(store: Store, settings: Settings, days: float, **limits: int
         followed=settings.scan.backend == "qualys" and settings.qualys.follow,
         **limits,
     )
-
-
-async def _delete_where(
-    store: Store,
-    pruned: Pruned,
-    table: Table,
-    key: ColumnElement[object],
-    old: ColumnElement[bool],
-    chunk: int,
-    most: int,
-) -> bool:
-    """Delete the rows of `table` that are `old`, `chunk` at a time; False when another
-    instance is pruning."""
-    done = 0
-    while done < most:
-        async with store.begin() as conn:
-            if not await _our_turn(store, conn):
-                return False
-            keys = select(key).where(old).limit(chunk).scalar_subquery()
-            gone = (await conn.execute(delete(table).where(key.in_(keys)))).rowcount or 0
-        pruned.add(table.name, gone)
-        done += gone
-        if gone < chunk:
-            break
-    return True
 
 
 async def _our_turn(store: Store, conn: AsyncConnection) -> bool:
