@@ -731,7 +731,8 @@ def db_upgrade(config: str | None) -> None:
     default=None,
     help="Delete what is older than this (default: store.retention_days)",
 )
-def db_prune(config: str | None, days: float | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing")
+def db_prune(config: str | None, days: float | None, dry_run: bool) -> None:
     """Delete what is past the retention now, round after round until nothing is left
     (osel run does one round every 10 minutes); safe while osel runs."""
     import time
@@ -749,6 +750,14 @@ def db_prune(config: str | None, days: float | None) -> None:
         sys.exit(2)
 
     async def go(store: Any) -> None:
+        if dry_run:
+            counted = await retention.count(store, await retention.old_for(store, settings, days))
+            click.echo(
+                f"would delete what is older than {days:g} day(s): {counted}"
+                if counted.total
+                else f"nothing older than {days:g} day(s) to delete"
+            )
+            return
         total, rounds, said = retention.Pruned(), 0, False
         while True:
             started = time.monotonic()

@@ -196,6 +196,12 @@ def test_db_prune_deletes_round_by_round_what_is_past_the_retention(config: Path
         db.execute("UPDATE seen_messages SET seen_at = datetime(seen_at, '-2 days')")
         db.execute("UPDATE scan_batches SET updated_at = datetime(updated_at, '-2 days')")
     records = db.execute("SELECT count(*) FROM audit_records").fetchone()[0]
+    counted = invoke("db", "prune", "--days", "1", "--dry-run", "-c", str(config))
+    assert counted.exit_code == 0, counted.output
+    assert counted.output.startswith(
+        f"would delete what is older than 1 day(s): {records - 1} from audit_records, "
+    )
+    assert db.execute("SELECT count(*) FROM audit_records").fetchone()[0] == records
     old = invoke("db", "prune", "--days", "1", "-c", str(config))
     assert old.exit_code == 0, old.output
     first, last = old.output.splitlines()
@@ -203,6 +209,8 @@ def test_db_prune_deletes_round_by_round_what_is_past_the_retention(config: Path
     # message ids of the changes (the ignored messages leave none)
     assert first.startswith(f"round 1: deleted {records - 1} from audit_records, ")
     assert "1 from scan_batches" in first and "8 from seen_messages" in first
-    assert last.startswith("deleted what is older than 1 day(s): ")
+    assert (
+        last == "deleted what is older than 1 day(s): " + counted.output.split(": ", 1)[1].strip()
+    )
     assert db.execute("SELECT count(*) FROM audit_records").fetchone()[0] == 1
     db.close()

@@ -11,13 +11,22 @@ from sqlalchemy import func, select, update
 from osel.scan_backend import FINISHED, DryRunBackend
 from osel.scheduler import Scheduler
 from osel.store import tables as t
-from osel.store.retention import PRUNE_LOCK, delivered_up_to, prune
+from osel.store.retention import PRUNE_LOCK, Pruned, count, delivered_up_to, old, prune
 from osel.store.store import Store, utcnow
 from tests import messages as m
 from tests.unit.conftest import Harness
 from tests.unit.test_pipeline import world
 
 SINK = "file"
+
+
+async def prune_old(store: Store, *, chunk: int = 1000, **horizon: Any) -> Pruned:
+    """Count what is old, delete it, and check that the count said what went."""
+    found = await old(store, **horizon)
+    counted = await count(store, found)
+    pruned = await prune(store, found, chunk=chunk)
+    assert pruned.rows == counted.rows or pruned.busy
+    return pruned
 
 
 async def counts(store: Store) -> dict[str, int]:
@@ -83,11 +92,11 @@ async def test_what_is_old_goes_and_what_is_still_needed_stays(harness: Harness)
     }
 
     now = utcnow()
-    young = await prune(store, before=now - timedelta(days=1), batches_before=now, sinks=[SINK])
+    young = await prune_old(store, before=now - timedelta(days=1), batches_before=now, sinks=[SINK])
     assert young.total == 0 and await counts(store) == before
 
     future = now + timedelta(days=1)
-    first = await prune(store, before=future, batches_before=future, sinks=[SINK], chunk=2)
+    first = await prune_old(store, before=future, batches_before=future, sinks=[SINK], chunk=2)
     # gone: the egress records (skipped) and the batch's scan records, delivered; the
     # ids of the messages seen; the quarantined message that was retried. Kept: the
     # records of r1 (their scan is under way), its batch and targets, the records of its
@@ -112,7 +121,7 @@ async def test_what_is_old_goes_and_what_is_still_needed_stays(harness: Harness)
         await conn.execute(update(t.audit_records).values(scan_state=FINISHED))
     await deliver_up_to(store, await top_record(store))
     top = await top_record(store)
-    second = await prune(store, before=future, batches_before=future, sinks=[SINK], chunk=2)
+    second = await prune_old(store, before=future, batches_before=future, sinks=[SINK], chunk=2)
     assert second.rows == {
         "audit_records": 3 + 2 + 3 - 1,  # the newest stays
         "exposure_windows": 3,
@@ -134,13 +143,13 @@ async def test_open_exposure_windows_stay(harness: Harness) -> None:
     world(harness)
     await rule_change(harness, "security_group_rule.create.end", m.rule("sg1", rid="r1"))
     future = utcnow() + timedelta(days=1)
-    pruned = await prune(harness.store, before=future, batches_before=future, sinks=[])
+    pruned = await prune_old(harness.store, before=future, batches_before=future, sinks=[])
     # with no sink, delivered means committed; queued records wait for their scan
     assert pruned.rows == {"seen_messages": 1}
     assert len(await harness.store.open_windows()) == 3
     async with harness.store.begin() as conn:
         await conn.execute(update(t.audit_records).values(scan_state=FINISHED))
-    pruned = await prune(harness.store, before=future, batches_before=future, sinks=[])
+    pruned = await prune_old(harness.store, before=future, batches_before=future, sinks=[])
     assert pruned.rows == {"audit_records": 2}  # the newest stays
     assert len(await harness.store.open_windows()) == 3
 
@@ -153,10 +162,10 @@ async def test_launched_scans_that_nobody_follows_end_at_launch(harness: Harness
     )
     assert len(await scheduler.tick()) == 1
     future = utcnow() + timedelta(days=1)
-    followed = await prune(harness.store, before=future, batches_before=future, sinks=[])
+    followed = await prune_old(harness.store, before=future, batches_before=future, sinks=[])
     # the batch's scan record "queued"; "launched" is the newest record, which stays
     assert followed.rows == {"audit_records": 1, "seen_messages": 1}
-    dry_run = await prune(
+    dry_run = await prune_old(
         harness.store, before=future, batches_before=future, sinks=[], followed=False
     )
     assert dry_run.rows == {"audit_records": 3, "scan_batches": 1, "scan_targets": 3}
@@ -170,7 +179,7 @@ async def test_scan_batches_young_enough_for_the_cooldown_stay(harness: Harness)
     )
     await scheduler.tick()
     now = utcnow()
-    pruned = await prune(
+    pruned = await prune_old(
         harness.store,
         before=now + timedelta(days=1),
         batches_before=now - timedelta(minutes=1),
@@ -203,10 +212,10 @@ async def test_one_instance_prunes_at_a_time(harness: Harness) -> None:
     url = harness.store.url
     with psycopg.connect(url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (PRUNE_LOCK,))
-        held = await prune(harness.store, before=future, batches_before=future, sinks=[])
+        held = await prune_old(harness.store, before=future, batches_before=future, sinks=[])
         other.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK,))
     assert held.total == 0
-    free = await prune(harness.store, before=future, batches_before=future, sinks=[])
+    free = await prune_old(harness.store, before=future, batches_before=future, sinks=[])
     assert free.rows == {"seen_messages": 1}
 
 
@@ -224,7 +233,7 @@ async def test_record_ids_go_on_rising_after_everything_went(harness: Harness) -
     top = await top_record(store)
     await deliver_up_to(store, top)
     future = utcnow() + timedelta(days=1)
-    await prune(store, before=future, batches_before=future, sinks=[SINK])
+    await prune_old(store, before=future, batches_before=future, sinks=[SINK])
     await rule_change(harness, "security_group_rule.create.end", m.rule("sg1", rid="r1"))
     async with store.engine.connect() as conn:
         ids = list((await conn.execute(select(t.audit_records.c.id))).scalars())

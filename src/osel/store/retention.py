@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, func, select, text
+from sqlalchemy import ColumnElement, Select, Table, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from osel.config import Settings
@@ -42,7 +43,8 @@ UNSETTLED = (QUEUED, LAUNCHED, RUNNING)
 
 @dataclass(slots=True)
 class Pruned:
-    """Rows deleted, by table; `busy` when another instance was pruning (PostgreSQL)."""
+    """Rows deleted (or, counted, that would be), by table; `busy` when another
+    instance was pruning (PostgreSQL)."""
 
     rows: dict[str, int] = field(default_factory=dict)
     busy: bool = False
@@ -79,22 +81,28 @@ async def delivered_up_to(store: Store, sinks: Sequence[str], before: datetime) 
     return min(positions.values(), default=None)
 
 
-async def prune(
+@dataclass(frozen=True, slots=True)
+class Old:
+    """What is past the retention: the queries that find it."""
+
+    records: Select[Any]  # (id, record_uuid) of audit records
+    batches: Select[Any]  # (id,) of scan batches
+    messages: ColumnElement[bool]  # seen_messages rows
+    quarantined: ColumnElement[bool]  # quarantine rows
+
+
+async def old(
     store: Store,
     *,
     before: datetime,
     batches_before: datetime,
     sinks: Sequence[str],
     followed: bool = True,
-    chunk: int = 1000,
-    most: int = 50_000,
-) -> Pruned:
-    """Delete what is older than `before` (ended scan batches: `batches_before`, which
-    the scan cool-down may set earlier), at most `most` rows of each kind per call.
-    `followed`: whether the scan backend follows launched scans to their end."""
-    pruned = Pruned()
-    upto = await delivered_up_to(store, sinks, before)
-    ar, w = t.audit_records, t.exposure_windows
+) -> Old:
+    """What is older than `before` (ended scan batches: `batches_before`, which the
+    scan cool-down may set earlier) and no longer needed. `followed`: whether the scan
+    backend follows launched scans to their end."""
+    ar, sb, sm, q = t.audit_records, t.scan_batches, t.seen_messages, t.quarantine
     records = (
         select(ar.c.id, ar.c.record_uuid)
         .where(ar.c.created_at < before)
@@ -104,11 +112,27 @@ async def prune(
             | ar.c.scan_state.not_in(UNSETTLED if followed else (QUEUED,))
         )
     )
+    upto = await delivered_up_to(store, sinks, before)
     if upto is not None:
         records = records.where(ar.c.id <= upto)
+    ended = ENDED if followed else (*ENDED, LAUNCHED)
+    return Old(
+        records=records,
+        batches=select(sb.c.id).where(sb.c.state.in_(ended) & (sb.c.updated_at < batches_before)),
+        messages=sm.c.seen_at < before,
+        quarantined=q.c.retried_at.is_not(None) & (q.c.retried_at < before),
+    )
+
+
+async def prune(store: Store, found: Old, *, chunk: int = 1000, most: int = 50_000) -> Pruned:
+    """Delete what `found` finds, at most `most` rows of each kind per call, `chunk` rows
+    a transaction."""
+    pruned = Pruned()
+    ar, w, sb, tg = t.audit_records, t.exposure_windows, t.scan_batches, t.scan_targets
+    sm, q = t.seen_messages, t.quarantine
 
     async def drop_records(conn: AsyncConnection) -> int:
-        rows = list(await conn.execute(records.limit(chunk)))
+        rows = list(await conn.execute(found.records.limit(chunk)))
         if rows:
             await conn.execute(delete(ar).where(ar.c.id.in_([r[0] for r in rows])))
             gone = await conn.execute(delete(w).where(w.c.closed_record.in_([r[1] for r in rows])))
@@ -116,12 +140,8 @@ async def prune(
         pruned.add("audit_records", len(rows))
         return len(rows)
 
-    sb, tg = t.scan_batches, t.scan_targets
-    ended = ENDED if followed else (*ENDED, LAUNCHED)
-    batches = select(sb.c.id).where(sb.c.state.in_(ended) & (sb.c.updated_at < batches_before))
-
     async def drop_batches(conn: AsyncConnection) -> int:
-        ids = list((await conn.execute(batches.limit(chunk))).scalars())
+        ids = list((await conn.execute(found.batches.limit(chunk))).scalars())
         if ids:
             gone = await conn.execute(delete(tg).where(tg.c.batch_id.in_(ids)))
             pruned.add("scan_targets", gone.rowcount or 0)
@@ -129,20 +149,41 @@ async def prune(
         pruned.add("scan_batches", len(ids))
         return len(ids)
 
-    sm, q = t.seen_messages, t.quarantine
     steps = (
         drop_records,
         drop_batches,
-        _drop_where(pruned, sm, sm.c.message_id, sm.c.seen_at < before, chunk),
-        _drop_where(
-            pruned, q, q.c.id, q.c.retried_at.is_not(None) & (q.c.retried_at < before), chunk
-        ),
+        _drop_where(pruned, sm, sm.c.message_id, found.messages, chunk),
+        _drop_where(pruned, q, q.c.id, found.quarantined, chunk),
     )
     for step in steps:
         if not await _in_chunks(store, step, chunk, most):
             pruned.busy = True
             break
     return pruned
+
+
+async def count(store: Store, found: Old) -> Pruned:
+    """How many rows `prune` would delete now, all rounds together."""
+    w, tg = t.exposure_windows, t.scan_targets
+    records = found.records.subquery()
+    batches = found.batches.subquery()
+    queries = {
+        "audit_records": select(func.count()).select_from(records),
+        "exposure_windows": select(func.count())
+        .select_from(w)
+        .where(w.c.closed_record.in_(select(records.c.record_uuid))),
+        "scan_batches": select(func.count()).select_from(batches),
+        "scan_targets": select(func.count())
+        .select_from(tg)
+        .where(tg.c.batch_id.in_(select(batches.c.id))),
+        "seen_messages": select(func.count()).select_from(t.seen_messages).where(found.messages),
+        "quarantine": select(func.count()).select_from(t.quarantine).where(found.quarantined),
+    }
+    counted = Pruned()
+    async with store.engine.connect() as conn:
+        for table, query in queries.items():
+            counted.add(table, int((await conn.execute(query)).scalar_one()))
+    return counted
 
 
 Step = Callable[[AsyncConnection], Awaitable[int]]
@@ -157,9 +198,9 @@ async def _in_chunks(store: Store, step: Step, chunk: int, most: int) -> bool:
         async with store.begin() as conn:
             if not await _our_turn(store, conn):
                 return False
-            count = await step(conn)
-        done += count
-        if count < chunk:
+            deleted = await step(conn)
+        done += deleted
+        if deleted < chunk:
             break
     return True
 
@@ -178,20 +219,24 @@ def _drop_where(
     return step
 
 
-async def prune_for(store: Store, settings: Settings, days: float, **limits: int) -> Pruned:
-    """`prune` what is older than `days` for a configuration: its sinks, its backend,
-    and the scan cool-down (a batch stays as long as it can hold an address back)."""
+async def old_for(store: Store, settings: Settings, days: float) -> Old:
+    """`old` for a configuration: older than `days`, its sinks, its backend, and the scan
+    cool-down (a batch stays as long as it can hold an address back)."""
     now = datetime.now(UTC)
     before = now - timedelta(days=days)
     cooldown = now - timedelta(minutes=settings.scan.cooldown_minutes)
-    return await prune(
+    return await old(
         store,
         before=before,
         batches_before=min(before, cooldown),
         sinks=[sink.sink_id for sink in settings.audit.sinks],
         followed=settings.scan.backend == "qualys" and settings.qualys.follow,
-        **limits,
     )
+
+
+async def prune_for(store: Store, settings: Settings, days: float, **limits: int) -> Pruned:
+    """`prune` what is older than `days` for a configuration (see `old_for`)."""
+    return await prune(store, await old_for(store, settings, days), **limits)
 
 
 async def _our_turn(store: Store, conn: AsyncConnection) -> bool:
