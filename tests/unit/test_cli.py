@@ -214,3 +214,34 @@ def test_db_prune_deletes_round_by_round_what_is_past_the_retention(config: Path
     )
     assert db.execute("SELECT count(*) FROM audit_records").fetchone()[0] == 1
     db.close()
+
+
+def test_db_prune_waits_while_an_instance_is_deleting(config: Path, tmp_path: Path):
+    """On PostgreSQL one instance deletes at a time; the command waits for its turn."""
+    import threading
+
+    import psycopg
+
+    from osel.store.retention import PRUNE_LOCK
+    from tests.pg import postgres_database
+
+    with postgres_database() as url:
+        settings = yaml.safe_load(config.read_text())
+        settings["store"]["url"] = url
+        config.write_text(yaml.safe_dump(settings))
+        assert invoke("db", "upgrade", "-c", str(config)).exit_code == 0
+        with psycopg.connect(url, autocommit=True) as other:
+            other.execute("SELECT pg_advisory_lock(%s)", (PRUNE_LOCK,))
+            release = threading.Timer(
+                2.0, lambda: other.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK,))
+            )
+            release.start()
+            try:
+                result = invoke("db", "prune", "--days", "1", "-c", str(config))
+            finally:
+                release.join()
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "another osel instance is deleting old rows; waiting for it",
+        "nothing older than 1 day(s) to delete",
+    ]
