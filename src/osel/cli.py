@@ -749,14 +749,15 @@ def db_prune(config: str | None, days: float | None, dry_run: bool) -> None:
         )
         sys.exit(2)
 
+    def summary(verb: str, rows: retention.Pruned) -> str:
+        if not rows.total:
+            return f"nothing older than {days:g} day(s) to delete"
+        return f"{verb} what is older than {days:g} day(s): {rows}"
+
     async def go(store: Any) -> None:
         if dry_run:
             counted = await retention.count(store, await retention.old_for(store, settings, days))
-            click.echo(
-                f"would delete what is older than {days:g} day(s): {counted}"
-                if counted.total
-                else f"nothing older than {days:g} day(s) to delete"
-            )
+            click.echo(summary("would delete", counted))
             return
         total, rounds, said = retention.Pruned(), 0, False
         while True:
@@ -774,11 +775,7 @@ def db_prune(config: str | None, days: float | None, dry_run: bool) -> None:
             for table, count in pruned.rows.items():
                 total.add(table, count)
             click.echo(f"round {rounds}: deleted {pruned} ({time.monotonic() - started:.1f} s)")
-        click.echo(
-            f"deleted what is older than {days:g} day(s): {total}"
-            if total.total
-            else f"nothing older than {days:g} day(s) to delete"
-        )
+        click.echo(summary("deleted", total))
 
     _with_store(settings, go)
 

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from osel.config import Settings
 from osel.scan_backend import ERROR, FINISHED, LAUNCHED, QUEUED, RUNNING, SKIPPED
 from osel.store import tables as t
-from osel.store.store import Store
+from osel.store.store import Store, aware
 
 # PostgreSQL advisory lock key (see store.INVENTORY_LOCK): one instance prunes at a time
 PRUNE_LOCK = 0x05E1_0003
@@ -75,8 +75,7 @@ async def delivered_up_to(store: Store, sinks: Sequence[str], before: datetime) 
         for sink, position, updated_at in await conn.execute(
             select(c.c.sink, c.c.position, c.c.updated_at)
         ):
-            moved = updated_at if updated_at.tzinfo else updated_at.replace(tzinfo=UTC)
-            if sink in positions or moved >= before:
+            if sink in positions or aware(updated_at) >= before:
                 positions[sink] = int(position)
     return min(positions.values(), default=None)
 

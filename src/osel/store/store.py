@@ -627,7 +627,7 @@ class Store:
                 except IntegrityError:
                     return None  # another instance created it first
                 return Claim(0, None)
-            if row.owner not in (None, owner) and _aware(row.lease_until) > now:
+            if row.owner not in (None, owner) and aware(row.lease_until) > now:
                 return None
             await conn.execute(
                 update(c).where(c.c.sink == sink).values(owner=owner, lease_until=until)
@@ -671,7 +671,7 @@ class Store:
             ).first()
         if row is None:
             return None, None
-        return row.owner, _aware(row.lease_until) if row.lease_until else None
+        return row.owner, aware(row.lease_until) if row.lease_until else None
 
     # --- meta --------------------------------------------------------------
 
@@ -836,7 +836,7 @@ async def _exists(conn: AsyncConnection, sink: str) -> bool:
     return (await conn.execute(select(c.c.sink).where(c.c.sink == sink))).first() is not None
 
 
-def _aware(value: datetime | None) -> datetime:
+def aware(value: datetime | None) -> datetime:
     """SQLite hands back naive datetimes (stored in UTC)."""
     if value is None:
         return datetime.min.replace(tzinfo=UTC)
