@@ -385,12 +385,15 @@ class AmqpSource:
         self._task.add_done_callback(self._on_task_done)
 
     async def get_batch(self, max_messages: int, max_wait: float) -> list[Delivery]:
-        """Wait for at least one delivery, then collect more for up to
-        ``max_wait`` seconds or until ``max_messages``. ``[]`` once stopped."""
+        """Wait for at least one delivery, then collect more for up to ``max_wait``
+        seconds or until ``max_messages``. A batch is also complete once it holds
+        ``prefetch`` deliveries: the broker sends no more before some are acknowledged,
+        so waiting would only delay them. ``[]`` once stopped."""
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
+        most = min(max_messages, self._prefetch)
         while not self._stop.is_set():
-            batch = [d for d in await self._collect(max_messages, max_wait) if self._is_current(d)]
+            batch = [d for d in await self._collect(most, max_wait) if self._is_current(d)]
             if batch and not self._stop.is_set():
                 return batch
         return []

@@ -469,6 +469,7 @@ class Daemon:
     async def consume(self, stop: asyncio.Event) -> None:
         assert self.source is not None
         size = self.settings.service.batch_size
+        full = min(size, self.settings.amqp.prefetch)  # a batch this long was not waited for
         wait = self.settings.service.batch_wait_ms / 1000
         failures = 0
         while not stop.is_set():
@@ -479,7 +480,7 @@ class Daemon:
             if not deliveries:
                 self.caught_up = True
                 continue
-            self.caught_up = len(deliveries) < size
+            self.caught_up = len(deliveries) < full
             items = [Item(d.body, "amqp", d.broker) for d in deliveries]
             try:
                 await self.process(items)

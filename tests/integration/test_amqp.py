@@ -604,3 +604,24 @@ async def test_finished_deliveries_are_acknowledged_exactly(
     await reopened.ack(again)
     await reopened.close()
     assert await ready_count(admin, names.queue) == 0
+
+
+async def test_a_batch_of_prefetch_deliveries_does_not_wait(
+    admin: AbstractChannel,
+    names: Names,
+    source_factory: SourceFactory,
+) -> None:
+    """Once a batch holds `prefetch` deliveries no more can come before an ack: it is
+    returned at once, not after max_wait."""
+    source = await source_factory(prefetch=10)
+    await until(lambda: source.connected)
+    await publish(admin, names.exchange, names.routing_key, [f"m{i}" for i in range(25)])
+    received: list[bytes] = []
+    while len(received) < 20:
+        # a wait of 30 s would time out here (5 s) if the batch waited for more
+        batch = await asyncio.wait_for(source.get_batch(1000, 30), 5)
+        assert len(batch) == 10
+        received += [d.body for d in batch]
+        await source.ack(batch)
+    assert received == [f"m{i}".encode() for i in range(20)]
+    await source.close()
