@@ -72,6 +72,7 @@ class FakeDelivery:
         self.body = body
         self.delivery_tag = tag
         self.broker = "fake-broker"
+        self.ignored: str | None = None
 
 
 class FakeSource:

@@ -15,6 +15,11 @@ round waits per `BackoffPolicy`, outages are logged through
 deliveries of a dead generation are dropped from the buffer and acks for them
 are ignored (the broker redelivers whatever was not acknowledged on the
 connection it lost).
+
+``recognise``, when given, names the event type of a body osel surely ignores
+(`osel.pipeline.Pipeline.recognise`, most of a cloud's notifications): such a
+delivery keeps only that name, not its body, while it waits in the buffer and
+in its batch, and the body is looked at once, as it arrives.
 """
 
 from __future__ import annotations
@@ -80,6 +85,9 @@ class Delivery:
     redelivered: bool
     broker: str  # host name of the broker this came from (endpoint host)
     message_id: str | None  # AMQP property, informational only
+    # the event type of a body recognised on arrival as one osel ignores; the body
+    # itself is then not kept (it is b"")
+    ignored: str | None = None
 
 
 def quiet_pika_logging() -> None:
@@ -325,6 +333,7 @@ class AmqpSource:
         ssl_verify: bool = True,
         backoff: BackoffPolicy = BackoffPolicy(),  # noqa: B008 - frozen, immutable
         logger: logging.Logger | None = None,
+        recognise: Callable[[bytes], str | None] | None = None,
     ) -> None:
         _validate(endpoints, exchanges, topics, queue, prefetch, queue_type)
         self._endpoints = list(endpoints)
@@ -343,6 +352,7 @@ class AmqpSource:
         )
         self._backoff = backoff
         self._log = logger or log
+        self._recognise = recognise
         self._outage = OutageLog("amqp", self._log, cap=backoff.cap)
         # deliveries wait here for get_batch; `_arrived` is set whenever one is added
         # (a deque and an event: an asyncio.Queue would cost a wake-up per message)
@@ -518,9 +528,10 @@ class AmqpSource:
             return
         session.outstanding.add(tag)
         self._arrived.set()
+        ignored = self._recognise(body) if self._recognise is not None else None
         self._buffer.append(
             Delivery(
-                body=body,
+                body=b"" if ignored is not None else body,
                 delivery_tag=tag,
                 generation=session.generation,
                 exchange=method.exchange or "",
@@ -528,6 +539,7 @@ class AmqpSource:
                 redelivered=bool(method.redelivered),
                 broker=session.endpoint.host,
                 message_id=properties.message_id,
+                ignored=ignored,
             )
         )
 

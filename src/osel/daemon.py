@@ -134,7 +134,11 @@ def build_neutron(settings: Settings) -> NeutronAPI:
     )
 
 
-def build_source(settings: Settings, backoff: BackoffPolicy) -> Source:
+def build_source(
+    settings: Settings,
+    backoff: BackoffPolicy,
+    recognise: Callable[[bytes], str | None] | None = None,
+) -> Source:
     from osel.amqp import AmqpSource
     from osel.transport_url import parse_transport_url
 
@@ -154,6 +158,7 @@ def build_source(settings: Settings, backoff: BackoffPolicy) -> Source:
         ssl_key_file=a.ssl_key_file,
         ssl_verify=a.ssl_verify,
         backoff=backoff,
+        recognise=recognise,
     )
 
 
@@ -481,7 +486,7 @@ class Daemon:
                 self.caught_up = True
                 continue
             self.caught_up = len(deliveries) < full
-            items = [Item(d.body, "amqp", d.broker) for d in deliveries]
+            items = [Item(d.body, "amqp", d.broker, ignored=d.ignored) for d in deliveries]
             try:
                 await self.process(items)
             except HandlingFailed as exc:
@@ -730,7 +735,7 @@ class Daemon:
         workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
         if self.settings.amqp.enabled:
             if self.source is None:
-                self.source = build_source(self.settings, self.backoff)
+                self.source = build_source(self.settings, self.backoff, self.pipeline.recognise)
             await self.source.start()
             workers.append(self.consume)
         workers += [
@@ -895,8 +900,8 @@ _FILTER = EventFilter(HANDLERS)
 def might_change_inventory(items: list[Item], event_filter: EventFilter = _FILTER) -> bool:
     """False only for batches whose bodies all surely are of event types osel ignores
     (most of a cloud's notifications): those need no inventory lock. The same test the
-    pipeline uses to skip decoding them."""
-    return any(event_filter.ignorable(item.body) is None for item in items)
+    pipeline uses to skip decoding them (or its result, taken on arrival)."""
+    return any(item.ignored is None and event_filter.ignorable(item.body) is None for item in items)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

@@ -45,6 +45,7 @@ class Item:
     source: str = "amqp"  # amqp | replay | aodh | deferred
     broker: str = ""
     deferred_id: int | None = None
+    ignored: str | None = None  # event type, when the source recognised it as ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +105,16 @@ class Pipeline:
         self.failures: dict[str, tuple[int, str]] = {}  # message id -> (attempts, last error)
         self.filter = EventFilter(HANDLERS)
 
+    def recognise(self, body: bytes) -> str | None:
+        """The event type of a body osel surely ignores (see `EventFilter`), else None."""
+        return self.filter.ignorable(body, max_bytes=self.max_message_bytes)
+
     def _decode(self, item: Item) -> Notification | BadMessage | Unhandled:
         # most of a cloud's notifications are of types osel ignores: those are recognised
-        # from the bytes, without decoding the envelope and the inner message
+        # from the bytes, without decoding the envelope and the inner message (the
+        # AMQP source does that on arrival, and then keeps only the event type)
+        if item.ignored is not None:
+            return Unhandled(item.ignored)
         event_type = self.filter.ignorable(item.body, max_bytes=self.max_message_bytes)
         if event_type is not None:
             return Unhandled(event_type)

@@ -606,6 +606,34 @@ async def test_finished_deliveries_are_acknowledged_exactly(
     assert await ready_count(admin, names.queue) == 0
 
 
+async def test_recognised_deliveries_keep_no_body(
+    admin: AbstractChannel,
+    names: Names,
+    source_factory: SourceFactory,
+) -> None:
+    """A delivery `recognise` names waits without its body, and is acknowledged like any."""
+    looked_at: list[bytes] = []
+
+    def recognise(body: bytes) -> str | None:
+        looked_at.append(body)
+        return "x.ignored" if body.startswith(b"i") else None
+
+    source = await source_factory(recognise=recognise)
+    await until(lambda: source.connected)
+    await publish(admin, names.exchange, names.routing_key, ["i0", "h0", "i1", "h1"])
+    batch = await asyncio.wait_for(source.get_batch(4, 0.3), 5)
+    assert [(d.body, d.ignored, d.message_id) for d in batch] == [
+        (b"", "x.ignored", "i0"),
+        (b"h0", None, "h0"),
+        (b"", "x.ignored", "i1"),
+        (b"h1", None, "h1"),
+    ]
+    assert looked_at == [b"i0", b"h0", b"i1", b"h1"]  # once each, as they arrived
+    await source.ack(batch)
+    await source.close()
+    assert await ready_count(admin, names.queue) == 0
+
+
 async def test_a_batch_of_prefetch_deliveries_does_not_wait(
     admin: AbstractChannel,
     names: Names,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from osel.model import FloatingIP, Port, Rule, SecurityGroup
+from osel.pipeline import Item
+from osel.store.store import Batch
 from tests import messages as m
 from tests.unit.conftest import Harness
 
@@ -240,6 +242,28 @@ async def test_bad_input_is_quarantined_and_other_events_ignored(harness: Harnes
     assert stats.outcomes == {"quarantined": 3, "ignored": 1}
     rows = await harness.store.quarantine_list()
     assert len(rows) == 3 and any("not JSON" in r.reason for r in rows)
+
+
+async def test_what_the_source_recognised_is_counted_without_its_body(harness: Harness):
+    """A delivery the AMQP source recognised on arrival (`Pipeline.recognise`) comes
+    without its body: it is counted as ignored under the event type it was given."""
+    world(harness)
+    network = m.envelope(m.notification("network.create.end", {"network": {}}))
+    rule = m.envelope(
+        m.notification(
+            "security_group_rule.create.end", {"security_group_rule": m.rule("sg1", rid="r1")}
+        )
+    )
+    p = harness.pipeline
+    assert p.recognise(network) == "network.create.end"
+    assert p.recognise(rule) is None  # a handled type: decoded
+    assert p.recognise(b"not json") is None  # decode says what is wrong with it
+    kept = Item(b"", "amqp", "broker-1", ignored=p.recognise(network))
+    batch = Batch()
+    stats = await p.process([kept, Item(rule, "amqp", "broker-1")], batch)
+    assert stats.outcomes == {"ignored": 1, "recorded": 1}
+    assert stats.by_event[("network.create.end", "ignored")] == 1
+    assert not batch.quarantined  # an empty body was not decoded
 
 
 async def test_neutron_down_defers_and_keeps_order(harness: Harness):

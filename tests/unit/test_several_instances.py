@@ -158,6 +158,10 @@ def test_only_batches_that_may_hold_a_handled_event_take_the_inventory_lock():
     assert not might_change_inventory([ignored, ignored])
     assert might_change_inventory([ignored, handled])
     assert might_change_inventory([escaped])
+    # recognised on arrival, kept without its body
+    arrived = Item(b"", "amqp", "rabbit-1", ignored="network.create.end")
+    assert not might_change_inventory([arrived, ignored, arrived])
+    assert might_change_inventory([arrived, handled])
 
 
 async def test_one_instance_at_a_time_delivers_to_a_sink_and_a_dead_ones_lease_runs_out(url):
