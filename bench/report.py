@@ -509,8 +509,8 @@ LIMITS = [
     "1,000,000 messages that hour: peak RSS 166.5 MiB (first tenth 148.5, last "
     "165.1) against 141.5 with the defaults (130.6 and 140.0).",
     "",
-    "On November 30 (a slower machine again: the ceiling at 13,300-14,600 "
-    "messages/s, osel at about 5,500-6,400 in drains of 100,000 and 150,000 "
+    "On November 30 (a slower machine again: the ceiling at 12,200-14,600 "
+    "messages/s, osel at about 5,300-6,400 in drains of 100,000 and 150,000 "
     "messages, about 0.42x), batches that count only the messages osel handles, "
     "so that a batch of the mix spans several times `service.batch_size` "
     "messages: with at most 3,000 and 5,000 messages in all and a prefetch of "
