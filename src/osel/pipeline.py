@@ -115,7 +115,7 @@ class Pipeline:
         # AMQP source does that on arrival, and then keeps only the event type)
         if item.ignored is not None:
             return Unhandled(item.ignored)
-        event_type = self.filter.ignorable(item.body, max_bytes=self.max_message_bytes)
+        event_type = self.recognise(item.body)
         if event_type is not None:
             return Unhandled(event_type)
         try:
