@@ -27,17 +27,47 @@ def crossing(series: Sequence[tuple[float, float]], level: float) -> float | Non
     return None
 
 
-def sustained_rate(
+def steady_span(
     samples: Samples, total: int, low: float = 0.1, high: float = 0.9
-) -> float | None:
-    """Messages per second between `low` and `high` of the queue drained: the slope of
-    the steady part, without the start and the tail."""
+) -> tuple[float, float] | None:
+    """(when `low` of the queue was drained, when `high` was): the steady part of a
+    drain, without the start and the tail."""
     series = [(t, float(v)) for t, v in consumed(samples, total)]
     t_low = crossing(series, low * total)
     t_high = crossing(series, high * total)
     if t_low is None or t_high is None or t_high <= t_low:
         return None
-    return (high - low) * total / (t_high - t_low)
+    return t_low, t_high
+
+
+def sustained_rate(
+    samples: Samples, total: int, low: float = 0.1, high: float = 0.9
+) -> float | None:
+    """Messages per second between `low` and `high` of the queue drained: the slope of
+    the steady part."""
+    span = steady_span(samples, total, low, high)
+    if span is None:
+        return None
+    return (high - low) * total / (span[1] - span[0])
+
+
+# (monotonic seconds, the consumer's CPU seconds, the machine's busy and total CPU seconds)
+CpuSamples = Sequence[tuple[float, float, float, float]]
+
+
+def cpu_use(samples: CpuSamples, span: tuple[float, float] | None) -> dict[str, float] | None:
+    """Between the first and the last sample inside `span`: the consumer's CPU time per
+    second, in cores, and the share of the machine's CPU time (all its cores, whoever
+    used it) that was busy. None when fewer than two samples fall inside."""
+    if span is None:
+        return None
+    inside = [s for s in samples if span[0] <= s[0] <= span[1]]
+    if len(inside) < 2:
+        return None
+    (t0, own0, busy0, all0), (t1, own1, busy1, all1) = inside[0], inside[-1]
+    if t1 <= t0 or all1 <= all0:
+        return None
+    return {"cores": (own1 - own0) / (t1 - t0), "machine_busy": (busy1 - busy0) / (all1 - all0)}
 
 
 def drain_span(samples: Samples, total: int) -> tuple[float, float] | None:

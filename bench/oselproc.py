@@ -1,5 +1,5 @@
 """A real `osel run` process for the benchmark: its configuration, a warm store,
-start and stop, its /metrics and its resident memory."""
+start and stop, its /metrics, its resident memory and its CPU time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from osel.store.store import Store
 
 STACK_DIR = Path(os.environ.get("OSEL_STACK_DIR") or Path.home() / ".cache" / "osel-stack")
 PG_ADMIN_URL = os.environ.get("OSEL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _METRIC = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.e+-]+)$")
 
 
@@ -125,6 +126,53 @@ class RssWatch:
             self._stop.wait(self.interval)
 
     def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        return self.samples
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time of a process, all its threads, in seconds (None once it
+    is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since it booted, all its cores
+    (`/proc/stat`; idle and I/O wait are not busy; guest time is already in user)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    total = sum(values)
+    return (total - values[3] - values[4]) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+@dataclass
+class CpuWatch:
+    """The CPU time of some processes (summed) and of the machine, every `interval`
+    seconds: (monotonic, their CPU seconds, the machine's busy and total CPU seconds).
+    Stops by itself when every process is gone."""
+
+    pids: Sequence[int]
+    interval: float = 0.25
+    samples: list[tuple[float, float, float, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> CpuWatch:
+        threading.Thread(target=self._run, daemon=True, name="cpu-watch").start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            own = [cpu_seconds(pid) for pid in self.pids]
+            if all(v is None for v in own):
+                return
+            busy, total = machine_seconds()
+            self.samples.append((time.monotonic(), sum(v or 0.0 for v in own), busy, total))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> list[tuple[float, float, float, float]]:
         self._stop.set()
         return self.samples
 

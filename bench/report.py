@@ -186,7 +186,7 @@ def markdown(results: dict[str, Any]) -> str:
         if not run:
             continue
         all_rates = ", ".join(f"{r:,.0f}" for r in run.get("all_sustained_rates", []))
-        notes = ""
+        notes = _cpu(run)
         if name.startswith("osel"):
             batches = _num(run.get("batches")) or 0
             busy = _num(run.get("batch_seconds_total")) or 0
@@ -196,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{outcomes}; {batches:,.0f} batches, {busy / batches * 1000 if batches else 0:.0f}"
                 f" ms each in process+commit ({busy / drain * 100 if drain else 0:.0f}% of the "
                 f"drain); inventory misses {_f(run.get('inventory_misses'))}; peak RSS "
-                f"{_f(run.get('peak_rss_mib'), '.0f', ' MiB')}"
+                f"{_f(run.get('peak_rss_mib'), '.0f', ' MiB')}; {notes}"
             )
         lines.append(f"| {label} | {_f(run.get('sustained_rate'))} | {all_rates} | {notes} |")
     lines += [
@@ -213,6 +213,12 @@ def markdown(results: dict[str, Any]) -> str:
         "drain), its peak RSS is the first instance's. On this machine both share its "
         "two cores with the broker and PostgreSQL, so it shows the overhead of sharing "
         "more than the gain of a second machine.",
+        "- **CPU**: the consumer's CPU time (every thread of its process, both "
+        "processes for two instances, from `/proc`) per second of the steady part of the "
+        "drain, in cores, and how busy the machine's CPUs were meanwhile, all of them and "
+        "whoever used them (the broker, PostgreSQL, the benchmark's own sampling). A "
+        "Python process runs one thread at a time: one that uses about one core is bound "
+        "by its own interpreter, however idle the rest of the machine is.",
         "- **ceiling**: `bench/ceiling.py`, a blocking pika consumer, prefetch 1000, that "
         "decodes the envelope and the inner JSON and sends one `basic.ack(multiple)` per 200 "
         "messages: what one Python process can take from this broker.",
@@ -588,6 +594,13 @@ RUNNING = [
     "declares is named `osel-bench-*` and deleted afterwards, and so is every PostgreSQL "
     "database it creates (`osel_bench_*`).",
 ]
+
+
+def _cpu(run: dict[str, Any]) -> str:
+    cores, busy = _num(run.get("cpu_cores")), _num(run.get("machine_busy"))
+    if cores is None or busy is None:
+        return "CPU not measured"
+    return f"CPU {cores:.2f} core(s), machine {busy:.0%} busy"
 
 
 def _halves(halves: dict[str, Any] | None) -> list[str]:

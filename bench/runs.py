@@ -17,7 +17,14 @@ from typing import Any
 
 from bench import analysis, broker
 from bench.mix import Cloud, Mix
-from bench.oselproc import OselProcess, RssWatch, postgres_database, wait_processed, warm_store
+from bench.oselproc import (
+    CpuWatch,
+    OselProcess,
+    RssWatch,
+    postgres_database,
+    wait_processed,
+    warm_store,
+)
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +46,22 @@ def _publish_mix(
     return time.monotonic() - began
 
 
-def _drain_result(samples: list[tuple[float, int]], total: int) -> dict[str, Any]:
+def _drain_result(
+    samples: list[tuple[float, int]],
+    total: int,
+    cpu: list[tuple[float, float, float, float]] | None = None,
+) -> dict[str, Any]:
+    """The figures of a drain from its queue-depth samples, and with `cpu` (a
+    `CpuWatch`'s samples of the consumer) its CPU use over the steady part."""
     span = analysis.drain_span(samples, total)
+    use = analysis.cpu_use(cpu or [], analysis.steady_span(samples, total))
     return {
         "messages": total,
         "sustained_rate": analysis.sustained_rate(samples, total),
         "drain_seconds": (span[1] - span[0]) if span else None,
         "drain_rate": total / (span[1] - span[0]) if span and span[1] > span[0] else None,
+        "cpu_cores": use["cores"] if use else None,
+        "machine_busy": use["machine_busy"] if use else None,
         "series": [(round(t, 3), round(r, 1)) for t, r in analysis.rate_series(samples, total)],
     }
 
@@ -111,6 +127,7 @@ def _osel_rate(
         for member in fleet:
             member.start()
         rss = RssWatch(osel.pid, interval=0.5).start()
+        cpu = CpuWatch([member.pid for member in fleet]).start()
         spy = _py_spy(osel.pid, profile) if profile is not None else None
         if not watch.wait_empty(timeout=max(600, count / 100)):
             raise RuntimeError(f"osel did not drain its queue:\n{osel.tail()}")
@@ -120,6 +137,7 @@ def _osel_rate(
             spy.wait(60)
         watch.stop()
         rss_samples = rss.stop()
+        cpu_samples = cpu.stop()
         outcomes: dict[str, int] = {}
         metrics: dict[str, list[tuple[dict[str, str], float]]] = {}
         for member in fleet:
@@ -131,7 +149,7 @@ def _osel_rate(
         for member in fleet:
             member.stop()
         broker.delete([queue], [exchange])
-    result = _drain_result(watch.samples, count)
+    result = _drain_result(watch.samples, count, cpu_samples)
     span = analysis.drain_span(watch.samples, count)
     result.update(
         {
@@ -175,13 +193,13 @@ def ceiling_rate(cloud: Cloud, count: int, seed: int = 1) -> dict[str, Any]:
         published = _publish_mix(Mix(cloud, seed=seed), exchange, "ceiling.info", count)
         broker.wait_depth(queue, count)
         watch = broker.DepthWatch(queue).start()
-        own = _run_json([sys.executable, "-m", "bench.ceiling", "--queue", queue,
-                         "--count", str(count)])  # fmt: skip
+        own, cpu = _run_json([sys.executable, "-m", "bench.ceiling", "--queue", queue,
+                              "--count", str(count)])  # fmt: skip
         watch.wait_empty(timeout=30)
         watch.stop()
     finally:
         broker.delete([queue], [exchange])
-    result = _drain_result(watch.samples, count)
+    result = _drain_result(watch.samples, count, cpu)
     result.update({"publish_seconds": published, "own_timing": own})
     return result
 
@@ -197,20 +215,35 @@ def oslo_rate(cloud: Cloud, count: int, seed: int = 1) -> dict[str, Any]:
         published = _publish_mix(Mix(cloud, seed=seed), exchange, queue, count)
         broker.wait_depth(queue, count)
         watch = broker.DepthWatch(queue).start()
-        own = _run_json([*command, "--count", str(count)])
+        own, cpu = _run_json([*command, "--count", str(count)])
         watch.wait_empty(timeout=30)
         watch.stop()
     finally:
         broker.delete([queue], [exchange])
-    result = _drain_result(watch.samples, count)
+    result = _drain_result(watch.samples, count, cpu)
     result.update({"publish_seconds": published, "own_timing": own})
     return result
 
 
-def _run_json(command: list[str]) -> dict[str, Any]:
-    done = subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=3600)
-    data: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return data
+def _run_json(
+    command: list[str],
+) -> tuple[dict[str, Any], list[tuple[float, float, float, float]]]:
+    """Run a consumer that prints one JSON line last: that line, and its CPU samples."""
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        cpu = CpuWatch([proc.pid]).start()
+        try:
+            out, err = proc.communicate(timeout=3600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        finally:
+            samples = cpu.stop()
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, command, out, err)
+    data: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return data, samples
 
 
 # --------------------------------------------------------------------------- latency

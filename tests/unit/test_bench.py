@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bench import analysis, report, runs
+from bench import analysis, oselproc, report, runs
 from bench.mix import CYCLE, Cloud, Mix, load_samples
 from osel.decide import Rules
 from osel.decode import decode
@@ -129,3 +132,51 @@ def test_two_instances_are_reported_beside_one() -> None:
 def test_several_instances_need_postgresql(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 instances need the postgresql store, not sqlite"):
         runs.osel_rate(Cloud(2, 4), 10, tmp_path, "sqlite", instances=2)
+
+
+def test_cpu_use_is_taken_over_the_steady_part_of_the_drain() -> None:
+    # 1000 messages drained at 100/s from t=2 (10% at t=3, 90% at t=11); the consumer
+    # uses 0.9 s of CPU and the machine (2 cores) 1.2 s per second: 60% busy
+    depth = [(t / 2, max(0, min(1000, 1000 - int((t / 2 - 2) * 100)))) for t in range(30)]
+    cpu = [(t / 4, 0.9 * t / 4, 1.2 * t / 4, 2.0 * t / 4) for t in range(60)]
+    cpu[2] = (0.5, 50.0, 50.0, 50.0)  # before the steady part: not counted
+    span = analysis.steady_span(depth, 1000)
+    assert span == (3.0, 11.0)
+    use = analysis.cpu_use(cpu, span)
+    assert use is not None
+    assert use["cores"] == pytest.approx(0.9)
+    assert use["machine_busy"] == pytest.approx(0.6)
+    assert analysis.cpu_use(cpu[:13], span) is None  # one sample inside
+    assert analysis.cpu_use(cpu, None) is None
+    assert runs._drain_result(depth, 1000, cpu)["cpu_cores"] == pytest.approx(0.9)
+    assert runs._drain_result(depth, 1000)["cpu_cores"] is None
+
+
+def test_cpu_time_comes_from_proc() -> None:
+    watch = oselproc.CpuWatch([os.getpid()], interval=0.01).start()
+    deadline = time.monotonic() + 10
+    while len(watch.samples) < 3 and time.monotonic() < deadline:
+        sum(range(100_000))
+    samples = watch.stop()
+    assert len(samples) >= 3
+    for (t0, own0, busy0, all0), (t1, own1, busy1, all1) in itertools.pairwise(samples):
+        assert t1 > t0 and own1 >= own0 and busy1 >= busy0 and all1 >= all0
+    assert samples[-1][1] > 0 and samples[-1][2] <= samples[-1][3]
+    assert oselproc.cpu_seconds(2**22 + 12345) is None  # above the kernel's pid_max
+
+
+def test_each_consumer_row_says_how_much_cpu_it_used() -> None:
+    rates = {
+        "ceiling": {"sustained_rate": 20000.0, "cpu_cores": 0.97, "machine_busy": 0.58},
+        "osel_sqlite": {
+            "sustained_rate": 8000.0,
+            "outcomes": {"ignored": 90},
+            "cpu_cores": 0.941,
+            "machine_busy": 0.624,
+        },
+        "oslo": {"sustained_rate": 2000.0},
+    }
+    page = report.markdown({"rates": rates})
+    assert "(ceiling) | 20,000 |  | CPU 0.97 core(s), machine 58% busy |" in page
+    assert "peak RSS —; CPU 0.94 core(s), machine 62% busy |" in page
+    assert "| 2,000 |  | CPU not measured |" in page
