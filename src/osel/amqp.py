@@ -403,7 +403,9 @@ class AmqpSource:
             raise ValueError("max_messages must be at least 1")
         most = min(max_messages, self._prefetch)
         while not self._stop.is_set():
-            batch = [d for d in await self._collect(most, max_wait) if self._is_current(d)]
+            collected = await self._collect(most, max_wait)
+            current = self._current_generation()
+            batch = [d for d in collected if d.generation == current]
             if batch and not self._stop.is_set():
                 return batch
         return []
@@ -485,9 +487,10 @@ class AmqpSource:
         batch: list[Delivery] = []
         deadline: float | None = None
         while not self._stop.is_set():
+            current = self._current_generation()
             while self._buffer and len(batch) < max_messages:
                 item = self._buffer.popleft()
-                if self._is_current(item):  # else its connection is gone: redelivered
+                if item.generation == current:  # else its connection is gone: redelivered
                     batch.append(item)
             if len(batch) >= max_messages:
                 break
@@ -504,8 +507,12 @@ class AmqpSource:
                 break
         return batch
 
-    def _is_current(self, delivery: Delivery) -> bool:
-        return self._session_for(delivery) is not None
+    def _current_generation(self) -> int | None:
+        """The generation of the live session; deliveries of any other are void (their
+        connection is gone, and the broker redelivers them). Asked once per batch, not
+        per delivery: a batch of the mix holds a thousand of them."""
+        session = self._session
+        return session.generation if session is not None and session.alive else None
 
     def _session_for(self, delivery: Delivery) -> _Session | None:
         session = self._session

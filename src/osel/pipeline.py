@@ -125,6 +125,13 @@ class Pipeline:
 
     async def process(self, items: list[Item], batch: Batch) -> Stats:
         stats = Stats()
+        # what the source recognised as ignored is only counted, in bulk: most of a
+        # batch, and neither its order nor its body matters
+        recognised = Counter(i.ignored for i in items if i.ignored is not None)
+        if recognised:
+            stats.outcomes["ignored"] = recognised.total()
+            stats.by_event.update({(e, "ignored"): n for e, n in recognised.items()})
+            items = [i for i in items if i.ignored is None]
         decoded = [self._decode(i) for i in items]
         ids = [
             n.message_id

@@ -266,6 +266,40 @@ async def test_what_the_source_recognised_is_counted_without_its_body(harness: H
     assert not batch.quarantined  # an empty body was not decoded
 
 
+async def test_recognised_deliveries_are_counted_apart_and_the_rest_keep_their_order(
+    harness: Harness,
+):
+    """Deliveries recognised as ignored are counted in bulk by event type; the messages
+    between them are handled in the order they came."""
+    world(harness)
+    p = harness.pipeline
+
+    def ignored(event_type: str) -> Item:
+        return Item(b"", "amqp", "broker-1", ignored=event_type)
+
+    def rule(rid: str) -> Item:
+        return Item(
+            m.envelope(
+                m.notification(
+                    "security_group_rule.create.end",
+                    {"security_group_rule": m.rule("sg1", rid=rid, low=20 + len(rid))},
+                )
+            )
+        )
+
+    items = [ignored("port.create.start"), rule("r1"), ignored("network.create.end"),
+             ignored("port.create.start"), rule("r22"), Item(b"not json")]  # fmt: skip
+    batch = Batch()
+    stats = await p.process(items, batch)
+    assert stats.outcomes == {"ignored": 3, "recorded": 2, "quarantined": 1}
+    assert stats.by_event[("port.create.start", "ignored")] == 2
+    assert stats.by_event[("network.create.end", "ignored")] == 1
+    changes = [r for d in batch.decisions for r in d.records if r["record_type"] == "change"]
+    # one change record per address of the group, the rules' in the order they came
+    assert list(dict.fromkeys(r["security_group_rule"]["id"] for r in changes)) == ["r1", "r22"]
+    assert len(batch.quarantined) == 1
+
+
 async def test_neutron_down_defers_and_keeps_order(harness: Harness):
     world(harness)
     harness.neutron.down = True
