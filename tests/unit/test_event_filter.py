@@ -63,6 +63,27 @@ def test_doubtful_bodies_are_left_to_decode() -> None:
     assert FILTER.ignorable(big, max_bytes=len(big)) == "network.create.end"
 
 
+@pytest.mark.parametrize("wrap", [m.envelope, m.bare])
+def test_a_wanted_name_counts_only_as_a_whole_string(wrap: Any) -> None:
+    # names with no common ending (each found by its last bytes) and with one
+    odd = EventFilter(["compute.instance.create.end", "abc"])
+    neutron = EventFilter(["port.create.end", "port.update.end"])
+
+    def body(event_type: str, **extra: Any) -> bytes:
+        raw: bytes = wrap({"event_type": event_type, "message_id": "x", "payload": extra})
+        return raw
+
+    assert odd.ignorable(body("abc")) is None
+    assert odd.ignorable(body("compute.instance.create.end")) is None
+    assert odd.ignorable(body("xabc")) == "xabc"
+    assert odd.ignorable(body("other", note="abc")) is None  # a wanted name, somewhere
+    assert neutron.ignorable(body("port.update.end")) is None
+    assert neutron.ignorable(body("export.create.end")) == "export.create.end"
+    assert neutron.ignorable(body("port.delete.end", see="port.create.end")) is None
+    with pytest.raises(ValueError, match="quote or a backslash"):
+        EventFilter(['a"b'])
+
+
 names = st.sampled_from([*HANDLERS, "network.create.end", "port.create.start", "x"])
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 
