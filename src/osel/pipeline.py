@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from osel.decide import Rules, decide
 from osel.decode import BadMessage, EventFilter, decode
@@ -37,9 +37,9 @@ class HandlingFailed(Exception):
         self.message_id = message_id
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One message body and where it came from."""
+class Item(NamedTuple):
+    """One message body and where it came from (a named tuple: one is made for every
+    message, and it builds in less than half the time of a frozen dataclass)."""
 
     body: bytes
     source: str = "amqp"  # amqp | replay | aodh | deferred
