@@ -15,10 +15,9 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 
@@ -29,6 +28,7 @@ from osel.store.store import Store
 STACK_DIR = Path(os.environ.get("OSEL_STACK_DIR") or Path.home() / ".cache" / "osel-stack")
 PG_ADMIN_URL = os.environ.get("OSEL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+S = TypeVar("S")
 _METRIC = re.compile(r"^(\w+)(?:\{([^}]*)\})? ([0-9.e+-]+)$")
 
 
@@ -104,30 +104,40 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-@dataclass
-class RssWatch:
-    """VmRSS of a process every `interval` seconds: (monotonic, KiB)."""
+class Watch(Generic[S]):
+    """Calls `sample` every `interval` seconds in a thread and keeps what it returns,
+    until stopped or until it returns None (what it watches is gone)."""
 
-    pid: int
-    interval: float = 1.0
-    samples: list[tuple[float, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, sample: Callable[[], S | None], interval: float, name: str) -> None:
+        self.sample, self.interval, self.name = sample, interval, name
+        self.samples: list[S] = []
+        self._stop = threading.Event()
 
-    def start(self) -> RssWatch:
-        threading.Thread(target=self._run, daemon=True, name="rss-watch").start()
+    def start(self) -> Watch[S]:
+        threading.Thread(target=self._run, daemon=True, name=self.name).start()
         return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            value = rss_kib(self.pid)
+            value = self.sample()
             if value is None:
                 return
-            self.samples.append((time.monotonic(), value))
+            self.samples.append(value)
             self._stop.wait(self.interval)
 
-    def stop(self) -> list[tuple[float, int]]:
+    def stop(self) -> list[S]:
         self._stop.set()
         return self.samples
+
+
+def rss_watch(pid: int, interval: float = 1.0) -> Watch[tuple[float, int]]:
+    """VmRSS of a process every `interval` seconds: (monotonic, KiB)."""
+
+    def sample() -> tuple[float, int] | None:
+        value = rss_kib(pid)
+        return None if value is None else (time.monotonic(), value)
+
+    return Watch(sample, interval, "rss-watch")
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -148,33 +158,21 @@ def machine_seconds() -> tuple[float, float]:
     return (total - values[3] - values[4]) / CLOCK_TICKS, total / CLOCK_TICKS
 
 
-@dataclass
-class CpuWatch:
+def cpu_watch(
+    pids: Sequence[int], interval: float = 0.25
+) -> Watch[tuple[float, float, float, float]]:
     """The CPU time of some processes (summed) and of the machine, every `interval`
     seconds: (monotonic, their CPU seconds, the machine's busy and total CPU seconds).
     Stops by itself when every process is gone."""
 
-    pids: Sequence[int]
-    interval: float = 0.25
-    samples: list[tuple[float, float, float, float]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    def sample() -> tuple[float, float, float, float] | None:
+        own = [cpu_seconds(pid) for pid in pids]
+        if all(v is None for v in own):
+            return None
+        busy, total = machine_seconds()
+        return time.monotonic(), sum(v or 0.0 for v in own), busy, total
 
-    def start(self) -> CpuWatch:
-        threading.Thread(target=self._run, daemon=True, name="cpu-watch").start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            own = [cpu_seconds(pid) for pid in self.pids]
-            if all(v is None for v in own):
-                return
-            busy, total = machine_seconds()
-            self.samples.append((time.monotonic(), sum(v or 0.0 for v in own), busy, total))
-            self._stop.wait(self.interval)
-
-    def stop(self) -> list[tuple[float, float, float, float]]:
-        self._stop.set()
-        return self.samples
+    return Watch(sample, interval, "cpu-watch")
 
 
 class OselProcess:

@@ -18,10 +18,10 @@ from typing import Any
 from bench import analysis, broker
 from bench.mix import Cloud, Mix
 from bench.oselproc import (
-    CpuWatch,
     OselProcess,
-    RssWatch,
+    cpu_watch,
     postgres_database,
+    rss_watch,
     wait_processed,
     warm_store,
 )
@@ -52,7 +52,7 @@ def _drain_result(
     cpu: list[tuple[float, float, float, float]] | None = None,
 ) -> dict[str, Any]:
     """The figures of a drain from its queue-depth samples, and with `cpu` (a
-    `CpuWatch`'s samples of the consumer) its CPU use over the steady part."""
+    `cpu_watch`'s samples of the consumer) its CPU use over the steady part."""
     span = analysis.drain_span(samples, total)
     use = analysis.cpu_use(cpu or [], analysis.steady_span(samples, total))
     return {
@@ -126,8 +126,8 @@ def _osel_rate(
         started = time.monotonic()
         for member in fleet:
             member.start()
-        rss = RssWatch(osel.pid, interval=0.5).start()
-        cpu = CpuWatch([member.pid for member in fleet]).start()
+        rss = rss_watch(osel.pid, interval=0.5).start()
+        cpu = cpu_watch([member.pid for member in fleet]).start()
         spy = _py_spy(osel.pid, profile) if profile is not None else None
         if not watch.wait_empty(timeout=max(600, count / 100)):
             raise RuntimeError(f"osel did not drain its queue:\n{osel.tail()}")
@@ -232,7 +232,7 @@ def _run_json(
     with subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
-        cpu = CpuWatch([proc.pid]).start()
+        cpu = cpu_watch([proc.pid]).start()
         try:
             out, err = proc.communicate(timeout=3600)
         except subprocess.TimeoutExpired:
@@ -338,7 +338,7 @@ def rss(
     try:
         warm_store(osel.store_url, cloud)
         osel.start()
-        watch = RssWatch(osel.pid, interval=1.0).start()
+        watch = rss_watch(osel.pid, interval=1.0).start()
         began = time.monotonic()
         publisher = broker.Publisher()
         conn = broker.connect()

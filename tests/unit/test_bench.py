@@ -153,7 +153,7 @@ def test_cpu_use_is_taken_over_the_steady_part_of_the_drain() -> None:
 
 
 def test_cpu_time_comes_from_proc() -> None:
-    watch = oselproc.CpuWatch([os.getpid()], interval=0.01).start()
+    watch = oselproc.cpu_watch([os.getpid()], interval=0.01).start()
     deadline = time.monotonic() + 10
     while len(watch.samples) < 3 and time.monotonic() < deadline:
         sum(range(100_000))
