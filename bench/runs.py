@@ -49,7 +49,7 @@ def _publish_mix(
 def _drain_result(
     samples: list[tuple[float, int]],
     total: int,
-    cpu: list[tuple[float, float, float, float]] | None = None,
+    cpu: analysis.CpuSamples | None = None,
 ) -> dict[str, Any]:
     """The figures of a drain from its queue-depth samples, and with `cpu` (a
     `cpu_watch`'s samples of the consumer) its CPU use over the steady part."""
@@ -225,9 +225,7 @@ def oslo_rate(cloud: Cloud, count: int, seed: int = 1) -> dict[str, Any]:
     return result
 
 
-def _run_json(
-    command: list[str],
-) -> tuple[dict[str, Any], list[tuple[float, float, float, float]]]:
+def _run_json(command: list[str]) -> tuple[dict[str, Any], analysis.CpuSamples]:
     """Run a consumer that prints one JSON line last: that line, and its CPU samples."""
     with subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE

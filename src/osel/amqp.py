@@ -518,10 +518,7 @@ class AmqpSource:
         return session.generation if session is not None and session.alive else None
 
     def _session_for(self, delivery: Delivery) -> _Session | None:
-        session = self._session
-        if session is None or session.generation != delivery.generation or not session.alive:
-            return None
-        return session
+        return self._session if delivery.generation == self._current_generation() else None
 
     def _on_delivered(
         self,

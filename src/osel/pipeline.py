@@ -111,10 +111,8 @@ class Pipeline:
 
     def _decode(self, item: Item) -> Notification | BadMessage | Unhandled:
         # most of a cloud's notifications are of types osel ignores: those are recognised
-        # from the bytes, without decoding the envelope and the inner message (the
-        # AMQP source does that on arrival, and then keeps only the event type)
-        if item.ignored is not None:
-            return Unhandled(item.ignored)
+        # from the bytes, without decoding the envelope and the inner message (the AMQP
+        # source does that on arrival; `process` counts those items without coming here)
         event_type = self.recognise(item.body)
         if event_type is not None:
             return Unhandled(event_type)
