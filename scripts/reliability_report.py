@@ -80,14 +80,16 @@ ROWS = [
         "kills",
         "{sigkills} kills ({killed_with_work_queued} with work queued), {relevant} relevant of "
         "{notifications} notifications, {scan_batches} scan batches each launched once, records "
-        "lost {records_lost}, duplicate lines in the JSONL file {duplicate_lines_in_file}",
+        "lost {records_lost}, duplicate lines in the JSONL file {duplicate_lines_in_file}, "
+        "lines cut short by a kill and removed {cut_short_lines_removed}",
     ),
     (
         "the same on PostgreSQL",
         "kills-postgresql",
         "{sigkills} kills ({killed_with_work_queued} with work queued), {relevant} relevant of "
         "{notifications} notifications, {scan_batches} scan batches each launched once, records "
-        "lost {records_lost}, duplicate lines in the JSONL file {duplicate_lines_in_file}",
+        "lost {records_lost}, duplicate lines in the JSONL file {duplicate_lines_in_file}, "
+        "lines cut short by a kill and removed {cut_short_lines_removed}",
     ),
     (
         "three instances on one PostgreSQL store, the audit sink's holder SIGKILLed",

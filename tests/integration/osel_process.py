@@ -122,7 +122,9 @@ class OselProcess:
     def records(self) -> list[Record]:
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        text = self.audit.read_text()
+        text = text[: text.rfind("\n") + 1]  # as a tailing reader does: whole lines only
+        return [json.loads(line) for line in text.splitlines() if line]
 
     def wait_records(
         self, match: Callable[[Record], bool], count: int, *, timeout: float = 30

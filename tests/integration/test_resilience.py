@@ -264,6 +264,9 @@ def test_twenty_sigkills_at_random_points(group, tmp_path: Path, store_url: str)
                 "scan_batches": len(launched),
                 "records_lost": 0,
                 "duplicate_lines_in_file": len(osel.records()) - len(in_file),
+                "cut_short_lines_removed": osel.log.read_text(errors="replace").count(
+                    "a record cut short by a writer that stopped mid-write"
+                ),
             },
             osel.store_url,
         )
