@@ -623,6 +623,8 @@ RUNNING = [
     "    uv run --frozen --no-dev --exact --group bench python -m bench --quick",
     "    uv run --frozen --no-dev --exact --group bench python -m bench \\",
     "        --skip rss,burst --messages 50000",
+    "    # where a batch's time goes, step by step, without the broker (a minute)",
+    "    uv run --frozen --no-dev --exact --group bench python -m bench.steps",
     "",
     "This run took {minutes} minutes. It needs RabbitMQ and PostgreSQL on 127.0.0.1 "
     "(guest/guest, trust) and, for the burst, the local Keystone + Neutron (`make bench` "

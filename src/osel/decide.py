@@ -13,12 +13,10 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from osel.exposure import Permit, rule_remotes
 from osel.handlers import AUDIT_ONLY, Change, Effect
-from osel.model import Rule
 from osel.policy import Outcome, Policy, PolicyException, Subject, iso
 
 SOURCE_TYPE = "osel2.0"
@@ -99,18 +97,23 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _internet(change: Change, effect: Effect | None) -> bool:
-    rule = change.rule
-    if rule is not None and change.change_type in ("sg_rule_add", "sg_rule_del"):
-        return _rule_internet(rule)
+def _internet(change: Change, effect: Effect | None, rule_internet: bool | None) -> bool:
+    """Whether the change exposes the address to the Internet; `rule_internet`, for a
+    rule's creation or deletion, is whether the rule admits the Internet (the same for
+    every address of the change)."""
+    if rule_internet is not None:
+        return rule_internet
     if effect is None:
         return False
     changed = effect.opened + effect.closed
     return any(p.internet for p in (changed or effect.after))
 
 
-@lru_cache(maxsize=4096)  # asked once per address a rule change affects
-def _rule_internet(rule: Rule) -> bool:
+def _rule_internet(change: Change) -> bool | None:
+    """For a rule's creation or deletion, whether the rule admits the Internet; else None."""
+    rule = change.rule
+    if rule is None or change.change_type not in ("sg_rule_add", "sg_rule_del"):
+        return None
     if rule.direction != "ingress" or not rule.security_group_id:
         return False
     version = 6 if rule.ethertype == "IPv6" else 4
@@ -297,13 +300,14 @@ def decide(
     template = _template(change, observed, instance, broker)
     if not change.effects:
         record = _record(template)
-        record["internet_exposed"] = _internet(change, None)
+        record["internet_exposed"] = _internet(change, None, _rule_internet(change))
         record["qualys_scan_error"] = change.note or "no address is affected"
         out.records.append(record)
         return out
+    rule_internet = _rule_internet(change)
     for effect in change.effects:
         record = _record(template)
-        internet = _internet(change, effect)
+        internet = _internet(change, effect, rule_internet)
         address = effect.address.address
         record.update(
             affected_ip_address=address,

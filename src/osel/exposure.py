@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -162,21 +162,36 @@ def rule_applies(rule: Rule, version: int) -> bool:
     return rule.direction == "ingress" and rule.ethertype == f"IPv{version}"
 
 
+PlainPermits = Callable[[Rule, int], Sequence[Permit]]
+
+
 def rule_permits(
-    rule: Rule, version: int, address_group: Callable[[str], AddressGroup | None]
-) -> list[Permit]:
+    rule: Rule,
+    version: int,
+    address_group: Callable[[str], AddressGroup | None],
+    plain: PlainPermits | None = None,
+) -> Sequence[Permit]:
+    """What one rule admits on addresses of one IP version.
+
+    `plain` answers for a rule that names no address group (its permits are then a
+    function of the rule alone), so that its holder can keep them: the inventory
+    keeps them as long as it keeps the rule."""
     if not rule_applies(rule, version):
         return []
     if rule.remote_address_group_id:  # depends on the address group's current addresses
         return _rule_permits(rule, version, address_group)
-    return list(_plain_rule_permits(rule, version))
+    if plain is not None:
+        return plain(rule, version)
+    return _rule_permits(rule, version, _no_address_group)
 
 
-@lru_cache(maxsize=4096)  # the rules of the groups in play; a few MiB at most
-def _plain_rule_permits(rule: Rule, version: int) -> tuple[Permit, ...]:
-    """The permits of a rule that names no address group: a function of the rule alone
-    (rules are immutable values), asked for again and again as ports are judged."""
-    return tuple(_rule_permits(rule, version, lambda _ag_id: None))
+def plain_rule_permits(rule: Rule, version: int) -> tuple[Permit, ...]:
+    """The permits of a rule that names no address group."""
+    return tuple(_rule_permits(rule, version, _no_address_group))
+
+
+def _no_address_group(_ag_id: str) -> AddressGroup | None:
+    return None
 
 
 def _rule_permits(
@@ -195,6 +210,7 @@ def port_permits(
     version: int,
     rules_of: Callable[[str], Iterable[Rule]],
     address_group: Callable[[str], AddressGroup | None],
+    plain: PlainPermits | None = None,
 ) -> list[Permit]:
     """Everything the port's security admits on addresses of one IP version."""
     if not port.filtered:
@@ -204,7 +220,7 @@ def port_permits(
     permits: list[Permit] = []
     for sg_id in port.security_groups:
         for rule in rules_of(sg_id):
-            permits.extend(rule_permits(rule, version, address_group))
+            permits.extend(rule_permits(rule, version, address_group, plain))
     return permits
 
 

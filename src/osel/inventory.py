@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from osel.exposure import Permit, ip_version, port_permits
+from osel.exposure import Permit, ip_version, plain_rule_permits, port_permits
 from osel.model import AddressGroup, FloatingIP, Port, Rule, SecurityGroup
 
 
@@ -66,6 +66,9 @@ class Inventory:
         self._rules_by_group: dict[str, set[str]] = defaultdict(set)
         self._ports_by_group: dict[str, set[str]] = defaultdict(set)
         self._fips_by_port: dict[str, set[str]] = defaultdict(set)
+        # the permits of each rule that names no address group, computed when first
+        # asked and kept with the rule they were computed from, as long as it is held
+        self._permits: dict[str, tuple[Rule, tuple[Permit, ...]]] = {}
         self.dirty = Dirty()
 
     # --- queries -----------------------------------------------------------
@@ -96,7 +99,16 @@ class Inventory:
         version = ip_version(address)
         if version is None:
             return []
-        return port_permits(port, version, self.rules_of, self.address_group)
+        return port_permits(port, version, self.rules_of, self.address_group, self._plain)
+
+    def _plain(self, rule: Rule, version: int) -> tuple[Permit, ...]:
+        """The permits of a rule that names no address group: a function of the rule
+        alone, asked for again and again as ports are judged. A rule applies to one IP
+        version only (its ethertype), so the rule's id is key enough."""
+        held = self._permits.get(rule.id)
+        if held is None or held[0] is not rule:
+            held = self._permits[rule.id] = (rule, plain_rule_permits(rule, version))
+        return held[1]
 
     def group_ids(self) -> Iterator[str]:
         yield from self.groups
@@ -125,11 +137,13 @@ class Inventory:
         if old is not None and old.security_group_id != rule.security_group_id:
             _unindex(self._rules_by_group, old.security_group_id, rule.id)
         self.rules[rule.id] = rule
+        self._permits.pop(rule.id, None)
         self._rules_by_group[rule.security_group_id].add(rule.id)
         self.dirty.rules[rule.id] = rule
 
     def delete_rule(self, rule_id: str) -> Rule | None:
         rule = self.rules.pop(rule_id, None)
+        self._permits.pop(rule_id, None)
         if rule is not None:
             _unindex(self._rules_by_group, rule.security_group_id, rule_id)
         self.dirty.rules[rule_id] = None

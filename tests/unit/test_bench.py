@@ -180,3 +180,17 @@ def test_each_consumer_row_says_how_much_cpu_it_used() -> None:
     assert "(ceiling) | 20,000 |  | CPU 0.97 core(s), machine 58% busy |" in page
     assert "peak RSS —; CPU 0.94 core(s), machine 62% busy |" in page
     assert "| 2,000 |  | CPU not measured |" in page
+
+
+async def test_the_step_breakdown_times_every_step_of_each_batch(tmp_path: Path) -> None:
+    from bench import steps
+
+    results = await steps.measure(batches=3, batch_size=200, groups=20)
+    assert set(results) == {"mix", "relevant"}
+    for measured in results.values():
+        assert measured.neutron_calls == 0  # the inventory is warm
+        for step in steps.STEPS:  # one figure per batch for every step
+            assert len(measured.seconds[step]) == 3 and min(measured.seconds[step]) > 0, step
+    assert results["mix"].changes == 60 and results["relevant"].changes == 600
+    text = steps.table(results, 200)
+    assert "| mix | 60 in 3 batches |" in text and "| relevant | 600 in 3 batches |" in text

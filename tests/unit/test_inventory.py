@@ -15,6 +15,7 @@ def test_resources_that_come_and_go_leave_nothing_behind_in_the_indexes():
         port = Port.from_neutron(m.port(f"port-{cycle}", ["10.0.0.5"], ["sg1", "sg2"]))
         inv.put_port(port)
         inv.put_rule(Rule(f"rule-{cycle}", "sg2", protocol="tcp", port_range_min=22))
+        assert [p.rule_id for p in inv.permits(port, "10.0.0.5")] == [f"rule-{cycle}"]
         inv.put_fip(FloatingIP("fip-1", "203.0.113.7", port.id, "10.0.0.5"))
         assert [f.id for f in inv.fips_of(port.id)] == ["fip-1"]
         assert [p.id for p in inv.ports_in("sg2")] == [port.id]
@@ -25,4 +26,27 @@ def test_resources_that_come_and_go_leave_nothing_behind_in_the_indexes():
     assert inv._fips_by_port == {}
     assert inv._ports_by_group == {}
     assert inv._rules_by_group == {}
+    assert inv._permits == {}  # nor the permits of rules long gone
     assert inv.rules_of("sg2") == [] and inv.ports_in("sg1") == []
+
+
+def test_a_rules_permits_are_kept_while_it_is_and_follow_its_replacement():
+    inv = Inventory()
+    inv.put_group(SecurityGroup("sg1", "p1"))
+    port = Port.from_neutron(m.port("port-1", ["10.0.0.5", "fd00::5"], ["sg1"]))
+    inv.put_port(port)
+    inv.put_rule(Rule("r1", "sg1", protocol="tcp", port_range_min=22, port_range_max=22))
+    inv.put_rule(Rule("r6", "sg1", ethertype="IPv6", protocol="udp"))
+    first = inv.permits(port, "10.0.0.5")
+    assert [(p.protocol, p.port_min, p.port_max) for p in first] == [("tcp", 22, 22)]
+    held = inv._permits["r1"][1]
+    assert inv.permits(port, "10.0.0.5") == first
+    assert inv._permits["r1"][1] is held  # computed once, then kept
+    assert [p.protocol for p in inv.permits(port, "fd00::5")] == ["udp"]
+    # the same id with other content (as a reload from Neutron could bring): new permits
+    inv.put_rule(Rule("r1", "sg1", protocol="tcp", port_range_min=443, port_range_max=443))
+    assert [(p.port_min, p.port_max) for p in inv.permits(port, "10.0.0.5")] == [(443, 443)]
+    inv.rules["r1"] = Rule("r1", "sg1", protocol="tcp", port_range_min=80, port_range_max=80)
+    assert [p.port_min for p in inv.permits(port, "10.0.0.5")] == [80]  # not by id alone
+    inv.clear()
+    assert inv._permits == {}
