@@ -25,61 +25,22 @@ from bench.mix import Cloud, Mix
 from bench.oselproc import warm_store
 from osel.config import Settings
 from osel.daemon import Daemon
-from osel.model import AddressGroup, FloatingIP, Port, Rule, SecurityGroup
-from osel.neutron import NeutronUnavailable, Snapshot
+from osel.neutron import OfflineNeutron
 from osel.pipeline import Item
 
 STEPS = ("process", "handling", "commit", "scheduler", "outbox")
 
 
-class NoNeutron:
-    """A Neutron that is not there: with a warm inventory no change should ask it."""
+class NoNeutron(OfflineNeutron):
+    """osel's offline Neutron, counting what is asked of it: with a warm inventory no
+    change should ask anything."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def _call(self) -> None:
+    async def _no(self) -> None:
         self.calls += 1
-        raise NeutronUnavailable("the benchmark's inventory is warm: no Neutron here")
-
-    async def get_security_group(self, sg_id: str) -> SecurityGroup | None:
-        self._call()
-        return None
-
-    async def rules_of_group(self, sg_id: str) -> list[Rule]:
-        self._call()
-        return []
-
-    async def get_rule(self, rule_id: str) -> Rule | None:
-        self._call()
-        return None
-
-    async def ports_in_group(self, sg_id: str) -> list[Port]:
-        self._call()
-        return []
-
-    async def get_port(self, port_id: str) -> Port | None:
-        self._call()
-        return None
-
-    async def fips_of_port(self, port_id: str) -> list[FloatingIP]:
-        self._call()
-        return []
-
-    async def get_floating_ip(self, fip_id: str) -> FloatingIP | None:
-        self._call()
-        return None
-
-    async def get_address_group(self, ag_id: str) -> AddressGroup | None:
-        self._call()
-        return None
-
-    async def snapshot(self) -> Snapshot:
-        self._call()
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        return None
+        await super()._no()
 
 
 @dataclass
