@@ -97,7 +97,7 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _internet(change: Change, effect: Effect | None, rule_internet: bool | None) -> bool:
+def _internet(effect: Effect | None, rule_internet: bool | None) -> bool:
     """Whether the change exposes the address to the Internet; `rule_internet`, for a
     rule's creation or deletion, is whether the rule admits the Internet (the same for
     every address of the change)."""
@@ -300,14 +300,14 @@ def decide(
     template = _template(change, observed, instance, broker)
     if not change.effects:
         record = _record(template)
-        record["internet_exposed"] = _internet(change, None, _rule_internet(change))
+        record["internet_exposed"] = _internet(None, _rule_internet(change))
         record["qualys_scan_error"] = change.note or "no address is affected"
         out.records.append(record)
         return out
     rule_internet = _rule_internet(change)
     for effect in change.effects:
         record = _record(template)
-        internet = _internet(change, effect, rule_internet)
+        internet = _internet(effect, rule_internet)
         address = effect.address.address
         record.update(
             affected_ip_address=address,
