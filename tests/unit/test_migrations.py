@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,47 @@ async def test_a_store_a_newer_osel_migrated_is_refused_in_one_line(tmp_path: Pa
     (line,) = result.output.splitlines()
     assert line.startswith(f"osel: the store (store.url={url}) has schema revision 0099")
     assert f"its newest is {SCHEMA_REVISION}" in line and "restore the store's backup" in line
+
+
+RACE = """
+import asyncio, sys, time
+from osel.store.store import Store
+
+async def main(url: str, at: float) -> None:
+    await asyncio.sleep(max(0.0, at - time.time()))
+    store = Store(url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+async def test_processes_that_start_together_on_a_new_sqlite_file_migrate_it_once(
+    tmp_path: Path,
+):
+    # an intake and a worker started at once by their service manager: each must find
+    # the schema made, not fail on a table the other created (they did, 13 of 20 times)
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path}/new-{round_}.db"
+        at = f"{time.time() + 1.0}"
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", RACE, url, at, stdout=PIPE, stderr=PIPE
+            )
+            for _ in range(4)
+        ]
+        for child in children:
+            _out, err = await child.communicate()
+            assert child.returncode == 0, err.decode()[-2000:]
+        s = Store(url)
+        try:
+            async with s.engine.connect() as conn:
+                assert await conn.run_sync(schema_revision) == SCHEMA_REVISION
+                count = text("SELECT count(*) FROM alembic_version")
+                versions = (await conn.execute(count)).scalar()
+            assert versions == 1
+        finally:
+            await s.close()

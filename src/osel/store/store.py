@@ -7,8 +7,13 @@ by `commit`; only after it returns may the AMQP message be acknowledged.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import logging
+import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -282,8 +287,9 @@ class Store:
             return
         if revision is not None and revision not in known_revisions():
             raise SchemaTooNew(self.url, revision)
-        async with self.begin() as conn:
-            await conn.run_sync(lambda c: self.migrate_sync(c))
+        async with _migration_lock(self.sync_url), self.begin() as conn:
+            if await conn.run_sync(schema_revision) != SCHEMA_REVISION:  # not done meanwhile
+                await conn.run_sync(lambda c: self.migrate_sync(c))
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -890,6 +896,31 @@ def _driver_stamp(conn: AsyncConnection, when: datetime) -> datetime | str:
     return when
 
 
+@asynccontextmanager
+async def _migration_lock(url: URL) -> AsyncIterator[None]:
+    """One process at a time migrates a SQLite file (an intake and a worker started
+    together on a new store). PostgreSQL has its own lock (migrations/env.py).
+
+    An exclusive `flock` on a file beside the database, not on the database itself:
+    closing any descriptor of the database would drop the POSIX locks SQLite holds on it
+    in this process."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    fd = os.open(f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:  # polled: a thread blocked in flock could not be cancelled
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def known_revisions() -> set[str]:
     """The revisions of this osel's migrations (imports Alembic)."""
     from alembic.script import ScriptDirectory
@@ -931,9 +962,18 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # a commit that returned survives power loss
     cursor.execute("PRAGMA busy_timeout=10000")
+    for attempt in range(100):
+        # a new database switched to WAL by two processes at once: SQLite answers "locked"
+        # at once instead of waiting, and the switch succeeds a moment later
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
+    cursor.execute("PRAGMA synchronous=FULL")  # a commit that returned survives power loss
     cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
     cursor.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_LIMIT}")
     cursor.execute("PRAGMA foreign_keys=ON")
