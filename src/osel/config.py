@@ -302,6 +302,12 @@ class ServiceSettings(_Model):
         description="Several instances: how long an audit sink's delivery lease outlives "
         "an instance that stopped renewing it",
     )
+    role: Literal["all", "intake", "worker"] = Field(
+        "all",
+        description="What this instance does: all; intake (takes in and commits "
+        "notifications, leaves scans and audit delivery to a worker); worker (forms, "
+        "launches and follows scans and delivers the audit trail; never consumes AMQP)",
+    )
 
     @property
     def instance(self) -> str:

@@ -226,12 +226,42 @@ class Daemon:
         self.neutron_outage = OutageLog("neutron", log, cap=self.backoff.cap)
         self.store_outage = OutageLog("store", log, cap=self.backoff.cap)
 
+    # --- what this instance does (service.role) ---------------------------------
+
+    @property
+    def intake(self) -> bool:
+        """It judges changes: notifications, the Aodh webhook, deferred retries."""
+        return self.settings.service.role != "worker"
+
+    @property
+    def worker(self) -> bool:
+        """It forms, launches and follows scan batches and delivers the audit trail."""
+        return self.settings.service.role != "intake"
+
+    @property
+    def consumes(self) -> bool:
+        return self.intake and self.settings.amqp.enabled
+
+    def loops(self) -> list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]]:
+        """The background loops this instance runs (the audit sinks aside)."""
+        loops: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
+        if self.consumes:
+            loops.append(self.consume)
+        if self.intake:
+            loops += [self.retry_deferred, self.resync]
+        if self.worker:
+            loops += [self.schedule, self.follow_scans]
+        return [*loops, self.probe_neutron, self.policy_expiry, self.housekeeping]
+
     # --- start-up ----------------------------------------------------------
 
     async def prepare(self, *, initial_sync: bool = True) -> None:
-        """Migrate the store, load the inventory, sync from Neutron on a first start."""
+        """Migrate the store, load the inventory, sync from Neutron on a first start
+        (a worker judges no change: the schema is all it needs)."""
         async with self._watched("start-up", STORE):
             await self.store.migrate()
+            if not self.intake:
+                return
             self._wait("start-up", LOCK if self.store.dialect != "sqlite" else STORE)
             async with self.store.exclusive():
                 self._wait("start-up", STORE_OR_NEUTRON)
@@ -605,7 +635,7 @@ class Daemon:
     async def ready(self) -> dict[str, bool]:
         """The checks of /readyz."""
         checks = {"started": self.started, "neutron": self.health.is_up("neutron", within=300)}
-        if self.settings.amqp.enabled:
+        if self.consumes:
             checks["amqp"] = bool(getattr(self.source, "connected", False))
         if not self.started:  # waiting for the store, or migrating it: not probed meanwhile
             checks["store"] = self.health.is_up("store")
@@ -644,7 +674,9 @@ class Daemon:
             self.ready,
             self.lag,
             instance=self.instance,
-            extra_routes=[aodh_routes(self.settings, self.neutron, self.process)],
+            extra_routes=(
+                [aodh_routes(self.settings, self.neutron, self.process)] if self.intake else []
+            ),
             refresh=self.refresh_metrics,
             started=lambda: self.started,
         )
@@ -732,35 +764,26 @@ class Daemon:
             log.info("osel %s stopped before the store answered", self.instance)
             return 0
         self.started = True
-        workers: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = []
-        if self.settings.amqp.enabled:
+        if self.consumes:
             if self.source is None:
                 self.source = build_source(self.settings, self.backoff, self.pipeline.recognise)
             await self.source.start()
-            workers.append(self.consume)
-        workers += [
-            self.retry_deferred,
-            self.schedule,
-            self.follow_scans,
-            self.resync,
-            self.probe_neutron,
-            self.policy_expiry,
-            self.housekeeping,
-        ]
-        tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in workers]
+        tasks = [asyncio.create_task(w(inner), name=w.__name__) for w in self.loops()]
         tasks.append(watch)
         if http is not None:
             tasks.append(http)
-        tasks += [
-            asyncio.create_task(self.outbox.run_sink(s, inner), name=s.sink_id)
-            for s in self.outbox.sinks
-        ]
+        if self.worker:
+            tasks += [
+                asyncio.create_task(self.outbox.run_sink(s, inner), name=s.sink_id)
+                for s in self.outbox.sinks
+            ]
         log.info(
-            "osel %s running: queue %s, store %s, %d audit sink(s)",
+            "osel %s running (service.role %s): queue %s, store %s, %d audit sink(s)",
             self.instance,
-            self.settings.amqp.queue,
+            self.settings.service.role,
+            self.settings.amqp.queue if self.consumes else "not consumed",
             self.store.dialect,
-            len(self.outbox.sinks),
+            len(self.outbox.sinks) if self.worker else 0,
         )
         stopper = asyncio.create_task(stop.wait())
         running: set[asyncio.Task[Any]] = {stopper, *tasks}

@@ -101,10 +101,11 @@ class OselProcess:
             )
         # ready means consuming: a message published to its queue before osel has
         # declared it would be dropped by the broker (unroutable)
-        amqp = yaml.safe_load(self.config.read_text()).get("amqp", {})
-        self.wait_for_log(
-            "amqp connected" if amqp.get("enabled", True) else "running", after=offset
+        settings = yaml.safe_load(self.config.read_text())
+        consumes = settings.get("amqp", {}).get("enabled", True) and (
+            settings.get("service", {}).get("role", "all") != "worker"
         )
+        self.wait_for_log("amqp connected" if consumes else "running", after=offset)
 
     def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@
 with two ports), published in two halves; the instance delivering the audit
 trail is killed while the second half is being handled. Every change must be
 recorded once, every scan batch launched once, every record delivered.
+Then an intake and a worker (`service.role`) sharing one SQLite file.
 """
 
 from __future__ import annotations
@@ -170,3 +171,63 @@ def wait_for_holder(osel: OselProcess, timeout: float = 60) -> str:
             return holder
         time.sleep(0.1)
     raise AssertionError(f"no instance took the audit sink's lease:\n{osel.tail()}")
+
+
+@pytest.mark.timeout(600)
+def test_an_intake_and_a_worker_on_one_sqlite_file(group, tmp_path: Path):
+    """`service.role`: an intake that consumes and commits, a worker that scans and
+    delivers, started together on a new SQLite store (one of them migrates it)."""
+    sg_id, ips = group
+    queue = unique("queue")
+    audit = tmp_path / "audit.jsonl"
+    url = f"sqlite:///{tmp_path}/osel.db"
+    intake, worker = (
+        OselProcess(
+            tmp_path / role,
+            store_url=url,
+            queue=queue,
+            instance=f"osel-{role}",
+            audit=audit,
+            window_seconds=0,
+            extra={"service": {"role": role}},
+        )
+        for role in ("intake", "worker")
+    )
+    try:
+        starting = threading.Thread(target=worker.start)
+        starting.start()
+        intake.start()
+        starting.join(60)
+        bodies = traffic(sg_id, 300)
+        expected = relevant_ids(bodies)
+        publish(queue, bodies)
+        everything = wait_drained(intake, expected, timeout=300)
+        records = [
+            r for r in everything if r["record_type"] == "scan" or r["affected_ip_address"] in ips
+        ]
+        exactly_once(records, expected, len(ips))
+        assert changes_by_instance(records) == Counter({"osel-intake": 2 * len(expected)})
+        # every record reaches the file, delivered by the worker; every batch launched once
+        worker.wait_records(lambda r: True, len(everything), timeout=120)
+        assert sink_holder(worker) == "osel-worker"
+        delivered = worker.records()
+        assert sorted(r["record_id"] for r in delivered) == sorted(
+            r["record_id"] for r in worker.store_records()
+        )
+        scans = [r for r in delivered if r["record_type"] == "scan"]
+        assert scans and {r["osel_instance"] for r in scans} == {"osel-worker"}
+        launched = Counter(r["scan_batch_id"] for r in scans if r["scan_state"] == "launched")
+        assert launched and max(launched.values()) == 1
+        queued = {
+            r["record_id"]
+            for r in records
+            if r["record_type"] == "change" and r.get("scan_state") == "queued"
+        }
+        covered = {
+            u for r in scans if r["scan_state"] == "launched" for u in r["change_record_ids"]
+        }
+        assert queued and queued <= covered
+        assert "amqp connected" not in worker.log.read_text(errors="replace")
+    finally:
+        for osel in (intake, worker):
+            osel.stop()

@@ -215,3 +215,55 @@ async def test_what_is_past_the_retention_is_deleted_once_delivered(tmp_path: Pa
     assert "deleted what is older than store.retention_days" in caplog.text
     stop.set()
     assert await runner == 0
+
+
+def role_settings(tmp_path: Path, role: str) -> Settings:
+    s = settings(tmp_path)
+    service = s.service.model_copy(update={"role": role, "instance_name": f"the-{role}"})
+    return s.model_copy(update={"service": service})
+
+
+def test_each_role_runs_its_own_loops(tmp_path: Path):
+    names = {
+        role: {loop.__name__ for loop in Daemon(role_settings(tmp_path, role)).loops()}
+        for role in ("all", "intake", "worker")
+    }
+    shared = {"probe_neutron", "policy_expiry", "housekeeping"}
+    assert names["intake"] == {"consume", "retry_deferred", "resync", *shared}
+    assert names["worker"] == {"schedule", "follow_scans", *shared}
+    assert names["all"] == names["intake"] | names["worker"]
+
+
+async def test_an_intake_commits_and_a_worker_scans_and_delivers(tmp_path: Path):
+    """Two daemons on one SQLite file: the intake consumes and commits, and forms no
+    scan batch and delivers nothing; the worker, which consumes nothing and loads no
+    inventory, launches the scan and delivers the records."""
+    source = FakeSource()
+    intake = Daemon(role_settings(tmp_path, "intake"), neutron=neutron_world(), source=source)
+    stop = asyncio.Event()
+    running = [asyncio.create_task(intake.run(stop))]
+    source.publish(SSH_RULE_ADDED)
+    await wait_for(lambda: source.acked == 1)
+    await asyncio.sleep(0.5)  # long enough for an intake that scheduled to have done it
+    assert [r["scan_state"] for r in await intake.store.tail(10)] == ["queued", "queued"]
+    assert await intake.scheduler.batches() == [] and audit(tmp_path) == []
+
+    idle_source = FakeSource()  # a worker must not read it, even with amqp.enabled
+    worker = Daemon(role_settings(tmp_path, "worker"), neutron=neutron_world(), source=idle_source)
+    running.append(asyncio.create_task(worker.run(stop)))
+    await wait_for(lambda: len(audit(tmp_path)) == 4)  # 2 changes, the batch queued, launched
+    assert len(worker.inventory.rules) == 0
+    (batch,) = await worker.scheduler.batches()
+    assert batch.state == "launched"
+    delivered = audit(tmp_path)
+    assert [(r["record_type"], r["osel_instance"]) for r in delivered] == [
+        ("change", "the-intake"),
+        ("change", "the-intake"),
+        ("scan", "the-worker"),
+        ("scan", "the-worker"),
+    ]
+    idle_source.publish(SSH_RULE_ADDED)
+    await asyncio.sleep(0.3)
+    assert idle_source.acked == 0 and not idle_source.queue.empty()
+    stop.set()
+    assert await asyncio.gather(*running) == [0, 0]
