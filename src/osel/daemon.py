@@ -817,6 +817,8 @@ class Daemon:
         await self.store.close()
 
     async def _flush(self) -> None:
+        if not self.worker:  # an intake leaves the delivery to the worker
+            return
         for sink in self.outbox.sinks:
             await self.outbox.drain_once(sink)
 
