@@ -149,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-OSEL_VARIANTS = {  # name: (store, scan.window_seconds, instances)
-    "osel_sqlite": ("sqlite", 0.0, 1),
-    "osel_postgresql": ("postgresql", 0.0, 1),
-    "osel_sqlite_window60": ("sqlite", 60.0, 1),
-    "osel_postgresql_x2": ("postgresql", 0.0, 2),
+OSEL_VARIANTS = {  # name: (store, scan.window_seconds, instances, intake + worker)
+    "osel_sqlite": ("sqlite", 0.0, 1, False),
+    "osel_postgresql": ("postgresql", 0.0, 1, False),
+    "osel_sqlite_window60": ("sqlite", 60.0, 1, False),
+    "osel_postgresql_x2": ("postgresql", 0.0, 2, False),
+    "osel_sqlite_split": ("sqlite", 0.0, 1, True),
 }
 
 
@@ -166,6 +167,7 @@ def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) ->
         "osel_postgresql",
         "osel_sqlite_window60",
         "osel_postgresql_x2",
+        "osel_sqlite_split",
     ]
     if "postgresql" in skip:
         names = [name for name in names if "postgresql" not in name]
@@ -178,7 +180,7 @@ def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) ->
             elif name == "oslo":
                 result = runs.oslo_rate(cloud, args.messages)
             else:
-                store, window, instances = OSEL_VARIANTS[name]
+                store, window, instances, split = OSEL_VARIANTS[name]
                 profile = args.profile if (i == 0 and name == "osel_sqlite") else None
                 result = runs.osel_rate(
                     cloud,
@@ -188,6 +190,7 @@ def rates(args: argparse.Namespace, cloud: Cloud, base: Path, skip: set[str]) ->
                     profile=profile,
                     window=window,
                     instances=instances,
+                    split=split,
                 )
             log.info("  %s", _short(result))
             found[name].append(result)

@@ -79,17 +79,22 @@ def osel_rate(
     window: float = 0,
     half: str | None = None,
     instances: int = 1,
+    split: bool = False,
 ) -> dict[str, Any]:
     """osel draining `count` pre-published messages of the mix (or of one half of it,
     `ignored` or `relevant`), warm inventory; `instances` of it on one queue and one
-    store (PostgreSQL only: several instances share a PostgreSQL store).
+    store (PostgreSQL only: several instances share a PostgreSQL store). With `split`,
+    each instance takes in and commits (`service.role: intake`) and one more process,
+    a worker, forms and launches the scans and delivers the audit trail.
     With `profile`, py-spy samples the first instance and writes collapsed stacks there."""
     if instances > 1 and store != "postgresql":
         raise ValueError(f"{instances} instances need the postgresql store, not {store}")
     if store == "postgresql":
         with postgres_database() as url:
-            return _osel_rate(cloud, count, workdir, url, seed, profile, window, half, instances)
-    return _osel_rate(cloud, count, workdir, None, seed, profile, window, half)
+            return _osel_rate(
+                cloud, count, workdir, url, seed, profile, window, half, instances, split
+            )
+    return _osel_rate(cloud, count, workdir, None, seed, profile, window, half, 1, split)
 
 
 def _osel_rate(
@@ -102,32 +107,41 @@ def _osel_rate(
     window: float,
     half: str | None = None,
     instances: int = 1,
+    split: bool = False,
 ) -> dict[str, Any]:
     exchange, topic, queue = broker.unique("ex"), broker.unique("topic"), broker.unique("queue")
-    fleet = [
-        OselProcess(
-            workdir / f"instance-{i}" if instances > 1 else workdir,
-            store_url=store_url,
+
+    def process_for(name: str, role: str) -> OselProcess:
+        return OselProcess(
+            workdir / f"instance-{name}" if instances > 1 or split else workdir,
+            store_url=store_url or (f"sqlite:///{workdir}/osel.db" if split else None),
             exchanges=[exchange],
             topics=[topic],
             queue=queue,
             window_seconds=window,
-            extra={"service": {"instance_name": f"osel-bench-{i}"}} if instances > 1 else None,
+            extra=(
+                {"service": {"instance_name": f"osel-bench-{name}", "role": role}}
+                if instances > 1 or split
+                else None
+            ),
         )
-        for i in range(instances)
-    ]
+
+    fleet = [process_for(f"{i}", "intake" if split else "all") for i in range(instances)]
+    workers = [process_for("worker", "worker")] if split else []
     osel = fleet[0]
     broker.declare(exchange, queue, f"{topic}.info")
     try:
         resources = warm_store(osel.store_url, cloud)
         published = _publish_mix(Mix(cloud, seed=seed), exchange, f"{topic}.info", count, half=half)
         broker.wait_depth(queue, count)
+        for worker in workers:  # consumes nothing: it may start before the clock does
+            worker.start(wait_for="running")
         watch = broker.DepthWatch(queue).start()
         started = time.monotonic()
-        for member in fleet:
-            member.start()
+        for instance in fleet:
+            instance.start()
         rss = rss_watch(osel.pid, interval=0.5).start()
-        cpu = cpu_watch([member.pid for member in fleet]).start()
+        cpu = cpu_watch([member.pid for member in fleet + workers]).start()
         spy = _py_spy(osel.pid, profile) if profile is not None else None
         if not watch.wait_empty(timeout=max(600, count / 100)):
             raise RuntimeError(f"osel did not drain its queue:\n{osel.tail()}")
@@ -146,7 +160,7 @@ def _osel_rate(
             for name, values in member.metrics().items():
                 metrics.setdefault(name, []).extend(values)
     finally:
-        for member in fleet:
+        for member in fleet + workers:
             member.stop()
         broker.delete([queue], [exchange])
     result = _drain_result(watch.samples, count, cpu_samples)
@@ -155,6 +169,7 @@ def _osel_rate(
         {
             "store": osel.store_url.split(":", 1)[0],
             "instances": instances,
+            "split": split,
             "window_seconds": window,
             "half": half or "mix",
             "inventory_resources": resources,

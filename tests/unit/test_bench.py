@@ -129,6 +129,24 @@ def test_two_instances_are_reported_beside_one() -> None:
     assert "two instances (one PostgreSQL store" not in table
 
 
+def test_an_intake_and_a_worker_are_reported_against_one_process() -> None:
+    rates = {
+        "ceiling": {"sustained_rate": 20000.0},
+        "osel_sqlite": {"sustained_rate": 8000.0},
+        "oslo": {"sustained_rate": 2000.0},
+        "osel_sqlite_split": {"sustained_rate": 10000.0},
+    }
+    page = report.markdown({"rates": rates})
+    assert (
+        "An intake and a worker in two processes on SQLite took 10,000 messages/s: 1.25x one "
+        "process, 0.50x the ceiling and 5.00x oslo.messaging." in page
+    )
+    assert "| osel, intake and worker in two processes (one SQLite store) | 10,000 |" in page
+    # the targets stay those of one process, as deployed by default
+    found = report.targets({"rates": rates})
+    assert [t["measured"] for t in found.values()][:2] == ["0.40x", "4.00x"]
+
+
 def test_several_instances_need_postgresql(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 instances need the postgresql store, not sqlite"):
         runs.osel_rate(Cloud(2, 4), 10, tmp_path, "sqlite", instances=2)
