@@ -778,12 +778,14 @@ class Daemon:
                 for s in self.outbox.sinks
             ]
         log.info(
-            "osel %s running (service.role %s): queue %s, store %s, %d audit sink(s)",
+            "osel %s running (service.role %s): queue %s, store %s, %s",
             self.instance,
             self.settings.service.role,
             self.settings.amqp.queue if self.consumes else "not consumed",
             self.store.dialect,
-            len(self.outbox.sinks) if self.worker else 0,
+            f"{len(self.outbox.sinks)} audit sink(s)"
+            if self.worker
+            else "audit sinks left to a worker",
         )
         stopper = asyncio.create_task(stop.wait())
         running: set[asyncio.Task[Any]] = {stopper, *tasks}

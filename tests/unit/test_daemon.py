@@ -234,10 +234,11 @@ def test_each_role_runs_its_own_loops(tmp_path: Path):
     assert names["all"] == names["intake"] | names["worker"]
 
 
-async def test_an_intake_commits_and_a_worker_scans_and_delivers(tmp_path: Path):
+async def test_an_intake_commits_and_a_worker_scans_and_delivers(tmp_path: Path, caplog):
     """Two daemons on one SQLite file: the intake consumes and commits, and forms no
     scan batch and delivers nothing, not even when it stops; the worker, which consumes
     nothing and loads no inventory, launches the scan and delivers the records."""
+    caplog.set_level("INFO", logger="osel.daemon")
     source = FakeSource()
     intake = Daemon(role_settings(tmp_path, "intake"), neutron=neutron_world(), source=source)
     stop_intake = asyncio.Event()
@@ -270,3 +271,10 @@ async def test_an_intake_commits_and_a_worker_scans_and_delivers(tmp_path: Path)
     assert idle_source.acked == 0 and not idle_source.queue.empty()
     stop.set()
     assert await running == 0
+    said = [r.getMessage() for r in caplog.records if "running (service.role" in r.getMessage()]
+    assert said == [
+        "osel the-intake running (service.role intake): queue osel, store sqlite, "
+        "audit sinks left to a worker",
+        "osel the-worker running (service.role worker): queue not consumed, store sqlite, "
+        "1 audit sink(s)",
+    ]
