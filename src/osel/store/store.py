@@ -969,8 +969,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             break
-        except sqlite3.OperationalError:
-            if attempt == 99:
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
                 raise
             time.sleep(0.05)
     cursor.execute("PRAGMA synchronous=FULL")  # a commit that returned survives power loss
