@@ -110,10 +110,11 @@ def _osel_rate(
     split: bool = False,
 ) -> dict[str, Any]:
     exchange, topic, queue = broker.unique("ex"), broker.unique("topic"), broker.unique("queue")
+    several = instances > 1 or split  # processes of their own names and directories
 
     def process_for(name: str, role: str) -> OselProcess:
         return OselProcess(
-            workdir / f"instance-{name}" if instances > 1 or split else workdir,
+            workdir / f"instance-{name}" if several else workdir,
             store_url=store_url or (f"sqlite:///{workdir}/osel.db" if split else None),
             exchanges=[exchange],
             topics=[topic],
@@ -121,7 +122,7 @@ def _osel_rate(
             window_seconds=window,
             extra=(
                 {"service": {"instance_name": f"osel-bench-{name}", "role": role}}
-                if instances > 1 or split
+                if several
                 else None
             ),
         )
@@ -138,8 +139,8 @@ def _osel_rate(
             worker.start(wait_for="running")
         watch = broker.DepthWatch(queue).start()
         started = time.monotonic()
-        for instance in fleet:
-            instance.start()
+        for member in fleet:
+            member.start()
         rss = rss_watch(osel.pid, interval=0.5).start()
         cpu = cpu_watch([member.pid for member in fleet + workers]).start()
         spy = _py_spy(osel.pid, profile) if profile is not None else None
