@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -222,10 +223,14 @@ def test_twenty_sigkills_at_random_points(group, tmp_path: Path, store_url: str)
         osel.start()
         while kills < 20:  # traffic keeps coming; each kill lands at a random moment
             chunk = traffic(sg_id, 100)
-            publish(osel.queue, chunk)
-            bodies += chunk
-            time.sleep(rng.uniform(0.05, 0.6))
+            # osel drains a chunk about as fast as it is published: killed after the
+            # publisher has finished, it would mostly die idle
+            publisher = threading.Thread(target=publish, args=(osel.queue, chunk))
+            publisher.start()
+            time.sleep(rng.uniform(0.0, 1.5))
             osel.kill()
+            publisher.join()
+            bodies += chunk
             kills += 1
             busy += osel.queue_depth(wait_released=10) > 0  # its unacked work went back
             osel.start()
