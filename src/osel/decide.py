@@ -305,6 +305,7 @@ def decide(
         out.records.append(record)
         return out
     rule_internet = _rule_internet(change)
+    window_changes: WindowChanges = {}
     for effect in change.effects:
         record = _record(template)
         internet = _internet(effect, rule_internet)
@@ -342,14 +343,27 @@ def decide(
                 Target(address, record["record_id"], change.notification.message_id, rank, internet)
             )
         ts = record["timestamp"] or observed
-        after_keys = {p.key for p in effect.after}
-        out.windows += [
-            WindowOp("open", address, p, record["record_id"], ts) for p in _unique(effect.after)
-        ]
-        out.windows += [
-            WindowOp("close", address, p, record["record_id"], ts)
-            for p in _unique(effect.before)
-            if p.key not in after_keys
-        ]
+        starts, ends = _window_changes(effect, window_changes)
+        out.windows += [WindowOp("open", address, p, record["record_id"], ts) for p in starts]
+        out.windows += [WindowOp("close", address, p, record["record_id"], ts) for p in ends]
         out.records.append(record)
     return out
+
+
+WindowChanges = dict[tuple[int, int], tuple[list[Permit], list[Permit]]]
+
+
+def _window_changes(effect: Effect, known: WindowChanges) -> tuple[list[Permit], list[Permit]]:
+    """The permits whose windows the effect opens and closes: those in effect after and
+    not before, and the reverse. Addresses of alike ports share their permit lists
+    (`Inventory.permits_of_alike`); `known` keeps the answer for each pair of lists."""
+    ids = (id(effect.before), id(effect.after))
+    found = known.get(ids)
+    if found is None:
+        before_keys = {p.key for p in effect.before}
+        after_keys = {p.key for p in effect.after}
+        found = known[ids] = (
+            [p for p in _unique(effect.after) if p.key not in before_keys],
+            [p for p in _unique(effect.before) if p.key not in after_keys],
+        )
+    return found

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -116,6 +116,12 @@ class Permit:
     internet: bool
     rule_id: str | None = None
     security_group_id: str | None = None
+    # what the permit admits, without where it comes from: compared millions of times
+    # when a rule changes on a group of many ports and rules, so made once
+    key: tuple[str | None, int, int, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.protocol, self.port_min, self.port_max, self.remote))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,10 +133,6 @@ class Permit:
             "security_group_rule_id": self.rule_id,
             "security_group_id": self.security_group_id,
         }
-
-    @property
-    def key(self) -> tuple[str | None, int, int, str]:
-        return (self.protocol, self.port_min, self.port_max, self.remote)
 
 
 def _ports(rule: Rule, protocol: str | None) -> tuple[int, int]:

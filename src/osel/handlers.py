@@ -124,13 +124,19 @@ def _rule_effects(
 ) -> list[Effect]:
     mutate_before()
     pairs = _rule_addresses(inv, rule.security_group_id, rule)
-    before = {a.address: inv.permits(p, a.address) for a, p in pairs}
+    permits = inv.permits_of_alike()
+    before = {a.address: permits(p, a.address) for a, p in pairs}
     mutate_after()
+    permits = inv.permits_of_alike()
+    # alike ports share their permit lists, and so their difference
+    diffs: dict[tuple[int, int], tuple[list[Permit], list[Permit]]] = {}
     effects = []
     for a, p in pairs:
-        now = inv.permits(p, a.address)
-        opened, closed = diff(before[a.address], now)
-        effects.append(Effect(a, opened, closed, now, before[a.address]))
+        was, now = before[a.address], permits(p, a.address)
+        pair = diffs.get((id(was), id(now)))
+        if pair is None:
+            pair = diffs[(id(was), id(now))] = diff(was, now)
+        effects.append(Effect(a, pair[0], pair[1], now, was))
     return effects
 
 

@@ -50,3 +50,34 @@ def test_a_rules_permits_are_kept_while_it_is_and_follow_its_replacement():
     assert [p.port_min for p in inv.permits(port, "10.0.0.5")] == [80]  # not by id alone
     inv.clear()
     assert inv._permits == {}
+
+
+def test_alike_ports_share_one_answer_and_every_port_gets_its_own_permits():
+    inv = Inventory()
+    for sg in ("sg1", "sg2"):
+        inv.put_group(SecurityGroup(sg, "p1"))
+    inv.put_rule(Rule("r1", "sg1", protocol="tcp", port_range_min=22, port_range_max=22))
+    inv.put_rule(Rule("r2", "sg2", protocol="tcp", port_range_min=80, port_range_max=80))
+    inv.put_rule(Rule("r6", "sg1", ethertype="IPv6", protocol="udp"))
+    ports = [
+        Port.from_neutron(m.port("a1", ["10.0.0.1"], ["sg1"])),
+        Port.from_neutron(m.port("a2", ["10.0.0.2"], ["sg1"])),
+        Port.from_neutron(m.port("both", ["10.0.0.3"], ["sg1", "sg2"])),
+        Port.from_neutron(m.port("open", ["10.0.0.4"], ["sg1"], port_security_enabled=False)),
+        Port.from_neutron(m.port("v6", ["10.0.0.5", "fd00::5"], ["sg1"])),
+        Port.from_neutron(m.port("router", ["10.0.0.6"], ["sg1"], device_owner="network:dhcp")),
+    ]
+    for port in ports:
+        inv.put_port(port)
+    alike = inv.permits_of_alike()
+    answers = {}
+    for port in ports:
+        for address in port.fixed_ips:
+            answers[address] = alike(port, address)
+            assert answers[address] == inv.permits(port, address), (port.id, address)
+    assert answers["10.0.0.1"] is answers["10.0.0.2"]  # alike: worked out once
+    assert answers["10.0.0.5"] is answers["10.0.0.1"]
+    assert [p.protocol for p in answers["fd00::5"]] == ["udp"]
+    assert [p.port_min for p in answers["10.0.0.3"]] == [22, 80]
+    assert answers["10.0.0.4"][0].internet and answers["10.0.0.6"] == []
+    assert alike(None, "10.0.0.1") == []

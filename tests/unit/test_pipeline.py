@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import insert
+
 from osel.model import FloatingIP, Port, Rule, SecurityGroup
 from osel.pipeline import Item
+from osel.store import tables
 from osel.store.store import Batch
 from tests import messages as m
 from tests.unit.conftest import Harness
@@ -100,6 +103,60 @@ async def test_covered_rule_is_recorded_not_rescanned_and_delete_closes_window(h
     assert closed["window_opened_at"] and closed["window_closed_at"]
     assert all(r["scan_state"] == "queued" for r in deleted)  # scan_on_rule_delete confirms
     assert [w.remote for w in await harness.store.open_windows("10.0.0.1")] == ["198.51.100.0/24"]
+
+
+def _rule_event(event: str, rule: dict[str, Any]) -> bytes:
+    payload: dict[str, Any] = {"security_group_rule": rule}
+    if event.startswith("security_group_rule.delete"):
+        payload["security_group_rule_id"] = rule["id"]
+    return m.envelope(m.notification(event, payload))
+
+
+async def test_a_window_opens_with_the_change_that_opened_its_permit(harness: Harness):
+    world(harness)
+    https = m.rule("sg1", rid="r0", low=443, high=443)  # in effect before osel saw it
+    harness.neutron.rules = {"r0": Rule.from_neutron(https)}
+    ssh = m.rule("sg1", rid="r1")
+    await harness.feed(_rule_event("security_group_rule.create.end", ssh))
+    # only what the change opened: HTTPS was open before, since when osel cannot know
+    assert [w.port_min for w in await harness.store.open_windows("10.0.0.1")] == [22]
+    await harness.feed(_rule_event("security_group_rule.delete.end", https))
+    closed = by(await harness.records(), change_type="sg_rule_del", affected_ip_address="10.0.0.1")
+    assert closed[0]["closed"][0]["port_range_min"] == 443
+    assert closed[0]["closed"][0]["window_opened_at"] is None
+    assert closed[0]["closed"][0]["window_closed_at"]
+    await harness.feed(_rule_event("security_group_rule.delete.end", ssh))
+    records = by(await harness.records(), change_type="sg_rule_del", affected_ip_address="10.0.0.1")
+    ssh_closed = [r["closed"][0] for r in records if r["closed"][0]["port_range_min"] == 22]
+    opened = by(await harness.records(), change_type="sg_rule_add", affected_ip_address="10.0.0.1")
+    assert ssh_closed[0]["window_opened_at"] == opened[0]["timestamp"]
+    assert await harness.store.open_windows("10.0.0.1") == []
+
+
+async def test_two_open_windows_of_one_permit_close_together(harness: Harness):
+    """Two instances that open one permit at one moment each insert its window; the
+    permit's end closes both, and the record learns the earlier opening."""
+    world(harness)
+    ssh = m.rule("sg1", rid="r1")
+    await harness.feed(_rule_event("security_group_rule.create.end", ssh))
+    (window,) = await harness.store.open_windows("10.0.0.1")
+    w = tables.exposure_windows
+    async with harness.store.begin() as conn:
+        await conn.execute(
+            insert(w).values(
+                address="10.0.0.1", protocol="tcp", port_min=22, port_max=22,
+                remote="0.0.0.0/0", internet_exposed=True, rule_id="r1",
+                security_group_id="sg1", opened_at="2999-01-01T00:00:00.000000Z",
+                opened_record=window.opened_record,
+            )
+        )  # fmt: skip
+    assert len(await harness.store.open_windows("10.0.0.1")) == 2
+    await harness.feed(_rule_event("security_group_rule.delete.end", ssh))
+    assert await harness.store.open_windows("10.0.0.1") == []
+    (deleted,) = by(
+        await harness.records(), change_type="sg_rule_del", affected_ip_address="10.0.0.1"
+    )
+    assert deleted["closed"][0]["window_opened_at"] == window.opened_at
 
 
 async def test_icehouse_delete_with_only_the_id_uses_the_inventory(harness: Harness):

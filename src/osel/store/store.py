@@ -360,29 +360,41 @@ class Store:
             self.inventory_rev = max(self.inventory_rev, rev)
 
     async def _windows(self, conn: AsyncConnection, decisions: list[Decision]) -> None:
-        """Keep one open window per (address, permit) in effect; close the ones that end.
+        """Open the windows of permits that start, close those of permits that end.
 
         The decisions' window operations apply in order, with one read of the open
-        windows of their addresses and one bulk insert and update for the whole
-        commit. Opening an already open window changes nothing. A record whose
-        `closed` list names a permit learns when its window opened.
+        windows they may name (not every open window of their addresses: a rule change
+        on a group of many ports and rules would read them all) and one bulk insert
+        and update for the whole commit. Opening an already open window changes
+        nothing. A record whose `closed` list names a permit learns when its window
+        opened.
         """
         ops = [(d, op) for d in decisions for op in d.windows]
         if not ops:
             return
         w = t.exposure_windows
         Key = tuple[str, str, int, int, str]
-        stored: dict[Key, tuple[int, str]] = {}  # open in the store: (id, opened_at)
-        for chunk in _chunks(sorted({op.address for _, op in ops}), 500):
+        wanted = {
+            (op.address, op.permit.protocol or "any", op.permit.port_min, op.permit.port_max,
+             op.permit.remote)
+            for _, op in ops
+        }  # fmt: skip
+        stored: dict[Key, list[tuple[int, str]]] = {}  # open in the store: [(id, opened_at)]
+        # read by address and lowest port, the rest compared here: a statement the
+        # driver runs as it is, however many windows are named
+        port_mins = sorted({key[2] for key in wanted})
+        for chunk in _chunks(sorted({key[0] for key in wanted}), 500):
             rows = await conn.execute(
                 select(w.c.id, w.c.address, w.c.protocol, w.c.port_min, w.c.port_max, w.c.remote,
                        w.c.opened_at)
-                .where(w.c.address.in_(chunk) & w.c.closed_at.is_(None))
+                .where(w.c.address.in_(chunk) & w.c.closed_at.is_(None)
+                       & w.c.port_min.in_(port_mins))
             )  # fmt: skip
-            # unpacked, not read by attribute: a row's attributes cost ten times as much,
-            # and a backlog's commit reads every open window of the addresses it touches
+            # unpacked, not read by attribute: a row's attributes cost ten times as much
             for wid, address, protocol, port_min, port_max, remote, since in rows:
-                stored[(address, protocol, port_min, port_max, remote)] = (wid, since)
+                key = (address, protocol, port_min, port_max, remote)
+                if key in wanted:
+                    stored.setdefault(key, []).append((wid, since))
         fresh: dict[Key, dict[str, Any]] = {}  # opened by this commit, still open
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
@@ -401,8 +413,12 @@ class Store:
                 opened.update(closed_at=op.at, closed_record=op.record_uuid)
                 opened_at = opened["opened_at"]
             elif key in stored:
-                wid, opened_at = stored.pop(key)
-                updates.append({"b_id": wid, "b_at": op.at, "b_record": op.record_uuid})
+                # two instances that opened the same permit at one moment left two rows
+                windows = stored.pop(key)
+                opened_at = min(since for _, since in windows)
+                updates += [
+                    {"b_id": wid, "b_at": op.at, "b_record": op.record_uuid} for wid, _ in windows
+                ]
             if op.record_uuid not in bodies:
                 bodies.update((r["record_id"], r) for r in decision.records)
             _learn_window(bodies[op.record_uuid], key, opened_at, op.at)
