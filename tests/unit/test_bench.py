@@ -212,3 +212,24 @@ async def test_the_step_breakdown_times_every_step_of_each_batch(tmp_path: Path)
     assert results["mix"].changes == 60 and results["relevant"].changes == 600
     text = steps.table(results, 200)
     assert "| mix | 60 in 3 batches |" in text and "| relevant | 600 in 3 batches |" in text
+
+
+async def test_the_group_cost_counts_every_address_of_the_group() -> None:
+    from bench import groups
+
+    cost = await groups.measure(ports=5, rules=3, changes=3)
+    # five ports and port 0's floating IP; the cloud's two ingress rules and three more
+    assert (cost.ports, cost.rules, cost.records_per_change) == (5, 5, 6)
+    assert cost.neutron_calls == 0 and cost.median_ms > 0
+    assert "| 5 | 5 | 6 |" in groups.table([cost])
+
+
+def test_the_group_sizes_are_read_or_refused_with_an_example() -> None:
+    import argparse
+
+    from bench import groups
+
+    assert groups._size("1000x200") == (1000, 200)
+    for bad in ("1000", "ax2", "2x1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"PORTSxRULES|3 ports"):
+            groups._size(bad)
