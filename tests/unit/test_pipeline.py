@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import insert
 
 from osel.model import FloatingIP, Port, Rule, SecurityGroup
 from osel.pipeline import Item
+from osel.store import store as store_module
 from osel.store import tables
 from osel.store.store import Batch
 from tests import messages as m
@@ -157,6 +159,24 @@ async def test_two_open_windows_of_one_permit_close_together(harness: Harness):
         await harness.records(), change_type="sg_rule_del", affected_ip_address="10.0.0.1"
     )
     assert deleted["closed"][0]["window_opened_at"] == window.opened_at
+
+
+async def test_a_commit_naming_many_lowest_ports_reads_every_window_of_its_addresses(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(store_module, "_WINDOW_PORTS_READ", 2)  # a backlog's commit
+    world(harness)
+    rules = [m.rule("sg1", rid=f"r{i}", low=1000 + i, high=1000 + i) for i in range(5)]
+    await harness.feed(*(_rule_event("security_group_rule.create.end", r) for r in rules))
+    await harness.feed(*(_rule_event("security_group_rule.create.end", r) for r in rules[:3]))
+    windows = await harness.store.open_windows("10.0.0.1")
+    assert sorted(w.port_min for w in windows) == [1000, 1001, 1002, 1003, 1004]  # once each
+    await harness.feed(*(_rule_event("security_group_rule.delete.end", r) for r in rules))
+    assert await harness.store.open_windows("10.0.0.1") == []
+    deleted = by(await harness.records(), change_type="sg_rule_del", affected_ip_address="10.0.0.1")
+    assert sorted(r["closed"][0]["window_opened_at"] for r in deleted) == sorted(
+        w.opened_at for w in windows
+    )
 
 
 async def test_icehouse_delete_with_only_the_id_uses_the_inventory(harness: Harness):

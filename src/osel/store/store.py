@@ -373,29 +373,13 @@ class Store:
         if not ops:
             return
         w = t.exposure_windows
-        Key = tuple[str, str, int, int, str]
         wanted = {
             (op.address, op.permit.protocol or "any", op.permit.port_min, op.permit.port_max,
              op.permit.remote)
             for _, op in ops
         }  # fmt: skip
-        stored: dict[Key, list[tuple[int, str]]] = {}  # open in the store: [(id, opened_at)]
-        # read by address and lowest port, the rest compared here: a statement the
-        # driver runs as it is, however many windows are named
-        port_mins = sorted({key[2] for key in wanted})
-        for chunk in _chunks(sorted({key[0] for key in wanted}), 500):
-            rows = await conn.execute(
-                select(w.c.id, w.c.address, w.c.protocol, w.c.port_min, w.c.port_max, w.c.remote,
-                       w.c.opened_at)
-                .where(w.c.address.in_(chunk) & w.c.closed_at.is_(None)
-                       & w.c.port_min.in_(port_mins))
-            )  # fmt: skip
-            # unpacked, not read by attribute: a row's attributes cost ten times as much
-            for wid, address, protocol, port_min, port_max, remote, since in rows:
-                key = (address, protocol, port_min, port_max, remote)
-                if key in wanted:
-                    stored.setdefault(key, []).append((wid, since))
-        fresh: dict[Key, dict[str, Any]] = {}  # opened by this commit, still open
+        stored = await _open_windows(conn, wanted)  # open in the store: [(id, opened_at)]
+        fresh: dict[WindowKey, dict[str, Any]] = {}  # opened by this commit, still open
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         bodies: dict[str, dict[str, Any]] = {}
@@ -786,6 +770,36 @@ class Store:
             return list(await conn.execute(query.order_by(w.c.id)))
 
 
+WindowKey = tuple[str, str, int, int, str]  # address, protocol, port_min, port_max, remote
+
+
+async def _open_windows(
+    conn: AsyncConnection, wanted: set[WindowKey]
+) -> dict[WindowKey, list[tuple[int, str]]]:
+    """The open windows among `wanted`: [(id, opened_at)] by key.
+
+    Read by address and lowest port, the rest compared here: a statement the driver
+    runs as it is, however many windows are named. A commit naming more lowest ports
+    than a statement takes parameters (a backlog of many different rules) reads every
+    open window of its addresses instead."""
+    w = t.exposure_windows
+    stored: dict[WindowKey, list[tuple[int, str]]] = {}
+    port_mins = sorted({key[2] for key in wanted})
+    for chunk in _chunks(sorted({key[0] for key in wanted}), 500):
+        query = select(
+            w.c.id, w.c.address, w.c.protocol, w.c.port_min, w.c.port_max, w.c.remote,
+            w.c.opened_at,
+        ).where(w.c.address.in_(chunk) & w.c.closed_at.is_(None))  # fmt: skip
+        if len(port_mins) <= _WINDOW_PORTS_READ:
+            query = query.where(w.c.port_min.in_(port_mins))
+        # unpacked, not read by attribute: a row's attributes cost ten times as much
+        for wid, address, protocol, port_min, port_max, remote, since in await conn.execute(query):
+            key = (address, protocol, port_min, port_max, remote)
+            if key in wanted:
+                stored.setdefault(key, []).append((wid, since))
+    return stored
+
+
 def _window_row(op: WindowOp, protocol: str) -> dict[str, Any]:
     p = op.permit
     return {
@@ -969,6 +983,11 @@ def schema_revision(connection: Connection) -> str | None:
 
 def _json_rows(items: Iterable[Any]) -> list[dict[str, Any]]:
     return [{"id": i.id, "data": json.dumps(i.to_json())} for i in items]
+
+
+# the most lowest ports one read of the open windows names (SQLite and asyncpg take
+# at most 32,767 parameters in a statement; 500 addresses go with them)
+_WINDOW_PORTS_READ = 2000
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
