@@ -58,7 +58,8 @@ ROWS = [
     (
         "PostgreSQL restarted: every pooled connection ended while osel idled",
         "store_restart-postgresql",
-        "{connections_ended} connections ended; then {relevant} relevant of {notifications} "
+        "{connections_ended} connections ended, {statements_cut_short} statement(s) in "
+        "flight cut short and sent again; then {relevant} relevant of {notifications} "
         "notifications: {log_lines_after} log lines, lost {records_lost}, duplicated "
         "{records_duplicated}",
     ),
