@@ -235,14 +235,24 @@ def terminate_connections(url: str) -> int:
     """What a PostgreSQL restart or fail-over does to osel's pooled connections: the
     server ends them, and osel finds out when it next uses one."""
     database = url.rsplit("/", 1)[1]
-    others = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        rows = conn.execute(f"SELECT pg_terminate_backend(pid) {others}", (database,)).fetchall()
-        deadline = time.monotonic() + 10  # the backends end a moment after the signal
-        while conn.execute(f"SELECT count(*) {others}", (database,)).fetchone() != (0,):
+        ended = [
+            pid
+            for pid, done in conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+            if done
+        ]
+        # the backends end a moment after the signal; osel may open new ones meanwhile
+        deadline = time.monotonic() + 10
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (ended,)
+        ).fetchone() != (0,):
             assert time.monotonic() < deadline, "the backends did not end"
             time.sleep(0.05)
-    return len(rows)
+    return len(ended)
 
 
 @pytest.mark.timeout(300)
