@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.mix import CYCLE, EVENT_OF, PROJECT, Cloud, Mix, _uid
+from bench.oselproc import warm_store
 from bench.steps import NoNeutron, _settings
 from osel.daemon import Daemon
 from osel.model import Rule
 from osel.pipeline import Item
-from osel.store.store import Store
 
 SIZES = ("4x0", "100x20", "100x200", "1000x50", "1000x200")
 
@@ -48,19 +48,6 @@ def extra_rules(cloud: Cloud, count: int) -> list[Rule]:
     ]  # fmt: skip
 
 
-async def _warm(url: str, cloud: Cloud, rules: int) -> int:
-    store = Store(url)
-    try:
-        await store.migrate()
-        inventory = cloud.inventory()
-        for rule in extra_rules(cloud, rules):
-            inventory.put_rule(rule)
-        await store.replace_inventory(inventory)
-        return sum(1 for r in inventory.rules_of(cloud.group_id(0)) if r.direction == "ingress")
-    finally:
-        await store.close()
-
-
 def rule_creates(mix: Mix, count: int) -> list[Item]:
     """`count` rule creates on group 0 of the mix's cloud (`Mix.relevant` takes group
     n % groups and step n // groups of its cycle, whose first step creates a rule)."""
@@ -77,7 +64,8 @@ async def measure(ports: int, rules: int, changes: int = 12) -> GroupCost:
     cloud = Cloud(2, ports)
     with tempfile.TemporaryDirectory(prefix="osel-bench-groups-") as workdir:
         url = f"sqlite:///{workdir}/osel.db"
-        ingress = await _warm(url, cloud, rules)
+        await asyncio.to_thread(warm_store, url, cloud, extra_rules(cloud, rules))
+        ingress = rules + sum(1 for r in cloud.base_rules(0) if r.direction == "ingress")
         neutron = NoNeutron()
         daemon = Daemon(_settings(Path(workdir), url), neutron=neutron)
         seconds, records = [], 0

@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +23,7 @@ import yaml
 
 from bench.broker import AMQP_URL
 from bench.mix import Cloud
+from osel.model import Rule
 from osel.store.store import Store
 
 STACK_DIR = Path(os.environ.get("OSEL_STACK_DIR") or Path.home() / ".cache" / "osel-stack")
@@ -62,14 +63,17 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def warm_store(url: str, cloud: Cloud) -> int:
-    """Migrate the store and write the cloud into its inventory; how many resources."""
+def warm_store(url: str, cloud: Cloud, rules: Iterable[Rule] = ()) -> int:
+    """Migrate the store and write the cloud into its inventory, with `rules` beside
+    the cloud's own; how many resources."""
 
     async def run() -> int:
         store = Store(url)
         try:
             await store.migrate()
             inventory = cloud.inventory()
+            for rule in rules:
+                inventory.put_rule(rule)
             await store.replace_inventory(inventory)
             return (
                 len(inventory.groups)
