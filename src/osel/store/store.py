@@ -369,23 +369,17 @@ class Store:
         nothing. A record whose `closed` list names a permit learns when its window
         opened.
         """
-        ops = [(d, op) for d in decisions for op in d.windows]
+        ops = [(d, op, _window_key(op)) for d in decisions for op in d.windows]
         if not ops:
             return
         w = t.exposure_windows
-        wanted = {
-            (op.address, op.permit.protocol or "any", op.permit.port_min, op.permit.port_max,
-             op.permit.remote)
-            for _, op in ops
-        }  # fmt: skip
-        stored = await _open_windows(conn, wanted)  # open in the store: [(id, opened_at)]
+        # open in the store: [(id, opened_at)]
+        stored = await _open_windows(conn, {key for _, _, key in ops})
         fresh: dict[WindowKey, dict[str, Any]] = {}  # opened by this commit, still open
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         bodies: dict[str, dict[str, Any]] = {}
-        for decision, op in ops:
-            p = op.permit
-            key = (op.address, p.protocol or "any", p.port_min, p.port_max, p.remote)
+        for decision, op, key in ops:
             if op.action == "open":
                 if key not in stored and key not in fresh:
                     fresh[key] = _window_row(op, key[1])
@@ -772,6 +766,15 @@ class Store:
 
 WindowKey = tuple[str, str, int, int, str]  # address, protocol, port_min, port_max, remote
 
+# the most lowest ports one read of the open windows names (SQLite and asyncpg take
+# at most 32,767 parameters in a statement; 500 addresses go with them)
+_WINDOW_PORTS_READ = 2000
+
+
+def _window_key(op: WindowOp) -> WindowKey:
+    p = op.permit
+    return (op.address, p.protocol or "any", p.port_min, p.port_max, p.remote)
+
 
 async def _open_windows(
     conn: AsyncConnection, wanted: set[WindowKey]
@@ -983,11 +986,6 @@ def schema_revision(connection: Connection) -> str | None:
 
 def _json_rows(items: Iterable[Any]) -> list[dict[str, Any]]:
     return [{"id": i.id, "data": json.dumps(i.to_json())} for i in items]
-
-
-# the most lowest ports one read of the open windows names (SQLite and asyncpg take
-# at most 32,767 parameters in a statement; 500 addresses go with them)
-_WINDOW_PORTS_READ = 2000
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
