@@ -278,12 +278,13 @@ class HecSimulator:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             raise Refused(6) from None
-        self._ripen()
+        now = self.clock()  # one instant: what is reported ready has been indexed
+        self._ripen(now)
         state = self.channels.setdefault(channel, Channel())
         answer: dict[str, bool] = {}
         for ack_id in asked:
             p = state.pending.get(ack_id)
-            ready = p is not None and not p.lost and p.ready_at <= self.clock()
+            ready = p is not None and not p.lost and p.ready_at <= now
             answer[str(ack_id)] = ready
             if ready:
                 del state.pending[ack_id]  # reported once, then forgotten
@@ -295,9 +296,9 @@ class HecSimulator:
             busy = self._busy_requests > 0 or self.clock() < self._busy_until
             return reply(18 if busy else 17)
 
-    def _ripen(self) -> None:
-        """Index the events of every request whose ack is ready (once)."""
-        now = self.clock()
+    def _ripen(self, now: float | None = None) -> None:
+        """Index the events of every request whose ack is ready at ``now`` (once)."""
+        now = self.clock() if now is None else now
         for name, state in self.channels.items():
             for ack_id, p in state.pending.items():
                 if not p.lost and p.ready_at <= now and p.events:

@@ -109,6 +109,28 @@ def test_acks_are_late_out_of_order_reported_once_then_forgotten():
     assert sorted(e["event"] for e in s.events()) == ["a", "b"]
 
 
+def test_an_ack_reported_true_has_its_events_indexed_even_as_the_clock_moves():
+    """Readiness is judged at one instant: an ack that turns ready between two readings
+    of the clock is reported true only with its events indexed (else they were lost)."""
+
+    class Ticking:
+        def __init__(self) -> None:
+            self.now = 100.0
+
+        def __call__(self) -> float:
+            self.now += 0.01  # every reading later than the one before
+            return self.now
+
+    s = HecSimulator({TOKEN: Token(ack=True)}, clock=Ticking())
+    s.ack_delays([0.015])
+    h = auth(**{"x-splunk-request-channel": CHANNEL})
+    ask = json.dumps({"acks": [0]}).encode()
+    assert s.post_events(h, {}, events("a"))[1]["ackId"] == 0
+    while not s.post_acks(h, {}, ask)[1]["acks"]["0"]:
+        pass
+    assert [i.event["event"] for i in s.indexed] == ["a"]
+
+
 def test_lost_acks_never_come_and_their_events_are_not_indexed():
     s = sim(ack=True)
     clock: Clock = s.clock  # type: ignore[assignment]
