@@ -1,6 +1,13 @@
-"""The oslo.messaging notification listener, as Ceilometer consumes notifications:
-`get_notification_listener` with the threading executor, one endpoint whose
-`info` method only counts (oslo.messaging has already decoded the message).
+"""The oslo.messaging notification listener, as Ceilometer consumes notifications.
+
+Ceilometer's notification agent (27.0) calls `get_batch_notification_listener`
+with the threading executor, its `[notification] batch_size` (default 1) and
+`batch_timeout` (default none), and starts it with a pool of
+`max_parallel_requests` (default 64) threads; these are the defaults here, with
+one endpoint whose `info` only counts (oslo.messaging has already decoded the
+messages). `--batch-size 0` takes the plain `get_notification_listener` instead
+(on this machine the two drained at the same rate, 2,425 and 2,435 messages/s;
+with a batch size of 100, 3,235).
 
 Run as its own process by the benchmark; prints one JSON line with its timings.
 `--declare` starts and stops the listener once, so that oslo.messaging declares
@@ -57,6 +64,20 @@ class Counter:
         return oslo_messaging.NotificationResult.HANDLED
 
 
+class BatchCounter(Counter):
+    """The endpoint of a batch listener: `info` takes a list of notifications."""
+
+    def info(self, messages: list[dict[str, Any]]) -> Any:  # type: ignore[override]
+        with self.lock:
+            if self.count == 0:
+                self.first = time.monotonic()
+            self.count += len(messages)
+            self.last = time.monotonic()
+            if self.count >= self.expected:
+                self.done.set()
+        return oslo_messaging.NotificationResult.HANDLED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.oslo_listener")
     parser.add_argument("--exchange", required=True)
@@ -64,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--declare", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-timeout", type=float, default=None)
+    parser.add_argument("--pool-size", type=int, default=64)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -71,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     conf([], project="osel-bench")
     transport = oslo_messaging.get_notification_transport(conf, url=transport_url())
     target = oslo_messaging.Target(topic=args.topic, exchange=args.exchange)
-    counter = Counter(max(1, args.count))
-    listener = oslo_messaging.get_notification_listener(
-        transport, [target], [counter], executor="threading"
-    )
-    listener.start()
+    if args.batch_size:
+        counter: Counter = BatchCounter(max(1, args.count))
+        listener = oslo_messaging.get_batch_notification_listener(
+            transport, [target], [counter], executor="threading",
+            batch_size=args.batch_size, batch_timeout=args.batch_timeout,
+        )  # fmt: skip
+        listener.start(override_pool_size=args.pool_size)
+    else:
+        counter = Counter(max(1, args.count))
+        listener = oslo_messaging.get_notification_listener(
+            transport, [target], [counter], executor="threading"
+        )
+        listener.start()
     if not args.declare:
         counter.done.wait(args.timeout)
     else:

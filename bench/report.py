@@ -228,9 +228,12 @@ def markdown(results: dict[str, Any]) -> str:
         "- **ceiling**: `bench/ceiling.py`, a blocking pika consumer, prefetch 1000, that "
         "decodes the envelope and the inner JSON and sends one `basic.ack(multiple)` per 200 "
         "messages: what one Python process can take from this broker.",
-        "- **oslo.messaging**: `bench/oslo_listener.py`, `get_notification_listener` with the "
-        "threading executor and one endpoint whose `info` only counts, on the queue "
-        "oslo.messaging declares for the topic (what Ceilometer's agents do).",
+        "- **oslo.messaging**: `bench/oslo_listener.py`, as Ceilometer's notification agent "
+        "consumes: `get_batch_notification_listener` with the threading executor, "
+        "Ceilometer's default batch size (1) and pool (64 threads), and one endpoint whose "
+        "`info` only counts, on the queue oslo.messaging declares for the topic. (The plain "
+        "`get_notification_listener`, used here before, drained at the same rate; with a "
+        "batch size of 100, about 1.3x faster.)",
         "",
         *_halves(results.get("halves")),
         "## Publish to scan request, window 0",
