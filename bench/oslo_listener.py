@@ -46,6 +46,16 @@ class Counter:
         self.done = threading.Event()
         self.lock = threading.Lock()
 
+    def add(self, n: int) -> None:
+        """`n` more notifications taken."""
+        with self.lock:
+            if self.count == 0:
+                self.first = time.monotonic()
+            self.count += n
+            self.last = time.monotonic()
+            if self.count >= self.expected:
+                self.done.set()
+
     def info(
         self,
         ctxt: dict[str, Any],
@@ -54,13 +64,7 @@ class Counter:
         payload: dict[str, Any],
         metadata: dict[str, Any],
     ) -> Any:
-        with self.lock:
-            if self.count == 0:
-                self.first = time.monotonic()
-            self.count += 1
-            self.last = time.monotonic()
-            if self.count >= self.expected:
-                self.done.set()
+        self.add(1)
         return oslo_messaging.NotificationResult.HANDLED
 
 
@@ -68,13 +72,7 @@ class BatchCounter(Counter):
     """The endpoint of a batch listener: `info` takes a list of notifications."""
 
     def info(self, messages: list[dict[str, Any]]) -> Any:  # type: ignore[override]
-        with self.lock:
-            if self.count == 0:
-                self.first = time.monotonic()
-            self.count += len(messages)
-            self.last = time.monotonic()
-            if self.count >= self.expected:
-                self.done.set()
+        self.add(len(messages))
         return oslo_messaging.NotificationResult.HANDLED
 
 

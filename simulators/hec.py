@@ -181,7 +181,7 @@ class HecSimulator:
     def events(self) -> list[dict[str, Any]]:
         """The events indexed so far (those acked, or accepted when ack is off)."""
         with self.lock:
-            self._ripen()
+            self._ripen(self.clock())
             return [i.event for i in self.indexed]
 
     # --- the endpoints -----------------------------------------------------
@@ -296,9 +296,8 @@ class HecSimulator:
             busy = self._busy_requests > 0 or self.clock() < self._busy_until
             return reply(18 if busy else 17)
 
-    def _ripen(self, now: float | None = None) -> None:
+    def _ripen(self, now: float) -> None:
         """Index the events of every request whose ack is ready at ``now`` (once)."""
-        now = self.clock() if now is None else now
         for name, state in self.channels.items():
             for ack_id, p in state.pending.items():
                 if not p.lost and p.ready_at <= now and p.events:
