@@ -689,6 +689,33 @@ LIMITS = [
     "and 11,277 against 11,413 and 10,933): the gain is the work moved off the "
     "consumer's core. The throughput table above has that deployment; the targets stay "
     "those of one process, as osel runs by default.",
+    "",
+    "Later on November 30 (20:50-21:50 UTC, the ceiling at 25,800-30,500 messages/s), "
+    "two ways of running the same Python faster, neither kept. First, compiling osel "
+    "with mypyc, the compiler that comes with mypy and turns annotated modules into C "
+    "extensions. The six modules of the decision (model, decode, exposure, inventory, "
+    "handlers, decide) compile as written and pass the unit tests but one. In `python "
+    "-m bench.steps` the handling of a batch of 1,000 messages of the mix took 13.6-17.0 "
+    "ms against 19.3-21.0, and of 1,000 relevant changes 77-91 ms against 101-121, the "
+    "commit, the scheduler and the delivery unchanged; drains of 100,000 messages of the "
+    "mix, five interleaved pairs: 1.07, 1.01, 1.08, 1.02 and 0.99 (median 1.02). The "
+    "rest does not compile as written: the store (async generators, which mypyc does not "
+    "implement), the policy (pydantic models: the generated C does not build), the AMQP "
+    "adapter (an exception derived from `ConnectionError`), the outbox (a protocol "
+    "checked at run time). The scheduler and the store's queries compile, but a compiled "
+    "module checks its annotations as it runs, and SQLAlchemy returns `Row` objects where "
+    "they say tuple: the scheduler failed on every tick, and a first measurement of "
+    "1.16x was only that, the scheduler not running. A compiled module also checks a "
+    "value taken from JSON where it is assigned, before the code's own check: a rule "
+    "notification whose `security_group_rules` is not a list raised `TypeError` and was "
+    "retried before quarantine, where osel as it is quarantines it at once as malformed. "
+    "Were "
+    "all of osel's own code a quarter faster, as the decision is, pika's frame reading, "
+    "SQLAlchemy and SQLite would still take what they take now: about 1.1x at best. "
+    "Second, newer interpreters, the standard builds on the machine, in three "
+    "interleaved triples against CPython 3.11.7: 3.12.1 1.05, 1.04 and 0.89; 3.13.0 "
+    "1.05, 1.14 and 1.00. A free-threaded build, in which SQLite's threads would run "
+    "beside the event loop instead of taking turns with it, was not available there.",
 ]
 
 RUNNING = [
