@@ -220,15 +220,13 @@ def ceiling_rate(cloud: Cloud, count: int, seed: int = 1) -> dict[str, Any]:
     return result
 
 
-def oslo_rate(
-    cloud: Cloud, count: int, seed: int = 1, listener: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """oslo.messaging's notification listener (threading executor) on the same load;
-    `listener`: more arguments of `bench.oslo_listener`."""
+def oslo_rate(cloud: Cloud, count: int, seed: int = 1) -> dict[str, Any]:
+    """oslo.messaging's notification listener, as Ceilometer's agent runs it, on the
+    same load."""
     exchange, topic = broker.unique("ex"), broker.unique("topic")
     queue = f"{topic}.info"
     command = [sys.executable, "-m", "bench.oslo_listener", "--exchange", exchange,
-               "--topic", topic, *listener]  # fmt: skip
+               "--topic", topic]  # fmt: skip
     try:
         subprocess.run([*command, "--declare"], check=True, cwd=ROOT, timeout=120)
         published = _publish_mix(Mix(cloud, seed=seed), exchange, queue, count)
