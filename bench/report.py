@@ -709,8 +709,7 @@ LIMITS = [
     "value taken from JSON where it is assigned, before the code's own check: a rule "
     "notification whose `security_group_rules` is not a list raised `TypeError` and was "
     "retried before quarantine, where osel as it is quarantines it at once as malformed. "
-    "Were "
-    "all of osel's own code a quarter faster, as the decision is, pika's frame reading, "
+    "Were all of osel's own code a quarter faster, as the decision is, pika's frame reading, "
     "SQLAlchemy and SQLite would still take what they take now: about 1.1x at best. "
     "Second, newer interpreters, the standard builds on the machine, in three "
     "interleaved triples against CPython 3.11.7: 3.12.1 1.05, 1.04 and 0.89; 3.13.0 "
@@ -739,8 +738,8 @@ LIMITS = [
     "Then (22:15-22:19 UTC) two changes of schema together, as an upper bound: the "
     "change records' learned columns not written when a batch is formed or launched (8% "
     "alone, above), and the six secondary indexes of `audit_records` dropped (which the "
-    "HTTP API's filters and the CLI's lookups use). Three "
-    "interleaved pairs of 150,000 messages of the mix, one process: 12,043, 10,830 and "
+    "HTTP API's filters and the CLI's lookups use). Three interleaved pairs of 150,000 "
+    "messages of the mix, one process: 12,043, 10,830 and "
     "11,304 messages/s against 11,381, 10,104 and 10,697, 1.06x, 1.07x and 1.06x, about "
     "0.43x that hour's ceiling (26,288, median). Not made.",
 ]
